@@ -1,0 +1,387 @@
+"""`TaskBucket`: the public face of wheelbucket.
+
+It checks arguments, keeps the id map, and hands everything else to the
+`Scheduler` (one thread driving the timing wheel) and its worker pool.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import os
+import threading
+import weakref
+from typing import Any
+
+from ._log import logger, safe_repr
+from .clock import Clock, MonotonicClock
+from .errors import BucketClosed, BucketFull, TaskExists, TaskNotFound
+from .executor import HookPlan
+from .scheduler import Scheduler
+from .stats import BucketStats
+from .task import QUEUED, WAITING, TaskHandle, TaskType
+
+__all__ = ["TaskBucket"]
+
+# The longest duration accepted: ten years. Anything longer is surely a unit
+# mistake (milliseconds passed as seconds) and is refused, not clamped.
+MAX_DURATION = 10 * 365.25 * 86400.0
+# Threads a stuck task may cost beyond `workers`, by default.
+EXTRA_WORKERS_PER_WORKER = 4
+
+_IMMEDIATE = TaskType.IMMEDIATE
+_TIME_BOMB = TaskType.TIME_BOMB
+_NO_PLAN: Any = None
+
+
+def _duration_ns(value: object, name: str, *, zero_ok: bool) -> int:
+    """Seconds (int, float) or a timedelta, as whole nanoseconds rounded up."""
+    if isinstance(value, datetime.timedelta):
+        seconds: float = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{name} must be a number of seconds or a datetime.timedelta, "
+            f"got {type(value).__name__}: {safe_repr(value)}"
+        )
+    else:
+        seconds = value
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError(f"{name} must be finite, got {seconds!r}")
+    if seconds < 0 or (seconds == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ValueError(f"{name} must be {bound} seconds, got {seconds!r}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{name} must be at most ten years ({MAX_DURATION:.0f} s), got {seconds!r}")
+    if isinstance(seconds, int):
+        return seconds * 1_000_000_000
+    return math.ceil(seconds * 1e9)
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {safe_repr(value)}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return value
+
+
+class TaskBucket:
+    """An in-memory bucket of tasks that run now or later, each within its life span.
+
+    Args:
+        life_span: default seconds (or timedelta) a task may live, counted
+            from `fill`; past it the task is EXHAUSTED.
+        run_after: default delay of a TIME_BOMB task before it runs.
+        max_bucket: most live tasks at once; `fill` beyond it raises BucketFull.
+        verbose: log every lifecycle event at INFO instead of DEBUG.
+        executor: default executor for `fill` (an `Executor`, an object with
+            ``on_execute``, or a callable ``f(ctx, task_id, data)``).
+        workers: threads that run sync hooks.
+        clock: where time comes from (default: the real monotonic clock);
+            `wheelbucket.testing.FakeClock` for tests.
+        max_extra_workers: threads allowed beyond `workers` to replace ones
+            stuck in tasks that already ended (default 4 x workers).
+        tick: the wheel's resolution in seconds (default 1 ms). Timers never
+            fire early; they fire at most one tick plus scheduling delay late.
+        use_uvloop: run async hooks on a uvloop loop (needs the extra).
+        name: prefix of thread names and log lines.
+
+    Raises:
+        TypeError, ValueError: an argument is of the wrong type or out of
+            range; the message names it.
+    """
+
+    def __init__(
+        self,
+        life_span: float | datetime.timedelta = 5.0,
+        run_after: float | datetime.timedelta = 1.0,
+        max_bucket: int = 1024,
+        verbose: bool = False,
+        executor: object = None,
+        workers: int = 4,
+        *,
+        clock: Clock | None = None,
+        max_extra_workers: int | None = None,
+        tick: float | datetime.timedelta = 0.001,
+        wheel_bits: int = 6,
+        wheel_levels: int = 6,
+        use_uvloop: bool = False,
+        name: str = "wheelbucket",
+    ) -> None:
+        self._life_span = _duration_ns(life_span, "life_span", zero_ok=False)
+        self._run_after = _duration_ns(run_after, "run_after", zero_ok=True)
+        self._max_bucket = _positive_int(max_bucket, "max_bucket")
+        if not isinstance(verbose, bool):
+            raise TypeError(f"verbose must be a bool, got {type(verbose).__name__}")
+        workers = _positive_int(workers, "workers")
+        if max_extra_workers is None:
+            max_extra_workers = EXTRA_WORKERS_PER_WORKER * workers
+        elif isinstance(max_extra_workers, bool) or not isinstance(max_extra_workers, int):
+            raise TypeError(
+                f"max_extra_workers must be an int, got {type(max_extra_workers).__name__}"
+            )
+        elif max_extra_workers < 0:
+            raise ValueError(f"max_extra_workers must be >= 0, got {max_extra_workers!r}")
+        tick_ns = _duration_ns(tick, "tick", zero_ok=False)
+        if clock is None:
+            clock = MonotonicClock()
+        elif not isinstance(clock, Clock):
+            raise TypeError(
+                "clock must have monotonic_ns(), monotonic() and wait(event, deadline_ns), "
+                f"got {type(clock).__name__}"
+            )
+        if not isinstance(use_uvloop, bool):
+            raise TypeError(f"use_uvloop must be a bool, got {type(use_uvloop).__name__}")
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, got {safe_repr(name)}")
+        self._default_plan = None if executor is None else HookPlan(executor)
+        self._plans: dict[int, HookPlan] = {}
+        self.verbose = verbose
+        self._log_level = logging.INFO if verbose else logging.DEBUG
+        self._clock_ns = clock.monotonic_ns
+        self._core = core = Scheduler(
+            clock=clock,
+            tick_ns=tick_ns,
+            max_bucket=self._max_bucket,
+            workers=workers,
+            max_extra_workers=max_extra_workers,
+            wheel_bits=wheel_bits,
+            wheel_levels=wheel_levels,
+            log_level=self._log_level,
+            name=name,
+        )
+        core.use_uvloop = use_uvloop  # type: ignore[attr-defined]
+        core.start()
+        _live_cores.add(core)
+        # Forgetting close() must neither leak threads nor hang the exit.
+        self._finalizer = weakref.finalize(self, _close_forgotten, core)
+
+    # -- the API ------------------------------------------------------------
+
+    def fill(
+        self,
+        task_type: TaskType,
+        task_id: str,
+        data: Any = None,
+        executor: object = None,
+        *,
+        run_after: float | datetime.timedelta | None = None,
+        life_span: float | datetime.timedelta | None = None,
+    ) -> TaskHandle:
+        """Put a task in the bucket; return its handle at once.
+
+        Args:
+            task_type: IMMEDIATE (run as soon as a worker is free) or
+                TIME_BOMB (run `run_after` seconds after this call).
+            task_id: a non-empty str, unique among live tasks.
+            data: passed to every hook as is.
+            executor: overrides the bucket's executor for this task.
+            run_after, life_span: override the bucket's defaults. The life
+                span counts from now and must exceed run_after for TIME_BOMB.
+
+        Raises:
+            TaskExists: `task_id` is live. BucketFull: `max_bucket` tasks are
+            live. BucketClosed: `close()` has begun. TypeError, ValueError: a
+            bad argument. A refused fill changes nothing.
+
+        Runtime complexity: O(1); it never waits for the scheduler or a worker.
+        """
+        if type(task_id) is not str:
+            raise TypeError(
+                f"task_id must be a str, got {type(task_id).__name__}: {safe_repr(task_id)}"
+            )
+        if not task_id:
+            raise ValueError("task_id must be a non-empty str")
+        if executor is None:
+            plan = self._default_plan
+            if plan is None:
+                raise ValueError(
+                    "no executor: pass executor= to fill() or to TaskBucket()"
+                )
+        else:
+            plan = self._plan_for(executor)
+        span = self._life_span if life_span is None else _duration_ns(
+            life_span, "life_span", zero_ok=False
+        )
+        now = self._clock_ns()
+        if task_type is _TIME_BOMB:
+            delay = self._run_after if run_after is None else _duration_ns(
+                run_after, "run_after", zero_ok=True
+            )
+            if span <= delay:
+                raise ValueError(
+                    f"life_span ({span / 1e9:g} s) must be greater than run_after "
+                    f"({delay / 1e9:g} s) for a TIME_BOMB task"
+                )
+            state = WAITING
+            due = now + delay
+            wake_for = due
+        elif task_type is _IMMEDIATE:
+            if run_after is not None:
+                _duration_ns(run_after, "run_after", zero_ok=True)  # still check it
+            state = QUEUED
+            due = now
+            wake_for = now + span
+        else:
+            raise TypeError(
+                f"task_type must be TaskType.IMMEDIATE or TaskType.TIME_BOMB, "
+                f"got {safe_repr(task_type)}"
+            )
+        task = TaskHandle(task_id, data, plan, state, due, now + span)
+        core = self._core
+        tasks = core.tasks
+        with core.lock:
+            if core.closed:
+                raise BucketClosed(f"bucket is closed: cannot fill {safe_repr(task_id)}")
+            if task_id in tasks:
+                core.rejected_duplicate += 1
+                raise TaskExists(f"task {safe_repr(task_id)} is already in the bucket")
+            if len(tasks) >= self._max_bucket:
+                core.rejected_full += 1
+                raise BucketFull(
+                    f"bucket is full ({self._max_bucket} live tasks): cannot fill "
+                    f"{safe_repr(task_id)}"
+                )
+            tasks[task_id] = task
+            core.filled += 1
+        core.submit(task, wake_for)
+        level = self._log_level
+        if logger.isEnabledFor(level):
+            logger.log(level, "task %s filled (%s)", safe_repr(task_id), task_type.name)
+        return task
+
+    def drain(self, task_id: str) -> None:
+        """Cancel a live task: it never runs (again) and no hook runs for it.
+
+        A running task's ``ctx`` is cancelled and it leaves the bucket at
+        once, so its id can be filled again.
+
+        Raises:
+            TaskNotFound: `task_id` is not live (unknown, or already ended).
+        """
+        if type(task_id) is not str:
+            raise TypeError(f"task_id must be a str, got {type(task_id).__name__}")
+        if self._core.drain(task_id) is None:
+            raise TaskNotFound(f"no live task {safe_repr(task_id)}")
+
+    def rescue(self) -> list[str]:
+        """Hand every live task back to the program through ``on_panic``.
+
+        Each live task (pending or running) is cancelled and its executor's
+        ``on_panic(ctx, task_id, data)`` runs on the calling thread, so the
+        program can persist it. The bucket stays open. Returns the ids in
+        fill order; every on_panic has returned by then.
+        """
+        return self._core.rescue()
+
+    def close(self, *, wait: bool = True, timeout: float | None = None, rescue: bool = False) -> None:
+        """Stop the bucket. Idempotent.
+
+        New fills are refused at once. With `wait`, live tasks may end
+        naturally (timers still fire) for up to `timeout` seconds of the
+        bucket's clock (None: no limit). Whatever is live then is drained, or
+        rescued when `rescue` is true. Then the scheduler and the workers
+        stop; a worker stuck in user code is abandoned, not joined forever.
+        When close() returns, every task that ended during it has had its
+        hook, and its handle is done.
+        """
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+            if math.isnan(timeout) or timeout < 0:
+                raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+        self._core.close(wait=bool(wait), timeout=timeout, rescue=bool(rescue), join_timeout=1.0)
+        self._finalizer.detach()
+        _live_cores.discard(self._core)
+
+    def __enter__(self) -> TaskBucket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- introspection --------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Number of live tasks (pending or running)."""
+        return len(self._core.tasks)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._core.tasks
+
+    def get(self, task_id: str) -> TaskHandle | None:
+        """The handle of live task `task_id`, or None."""
+        return self._core.tasks.get(task_id)
+
+    def stats(self) -> BucketStats:
+        """A consistent snapshot of the counters (see `BucketStats`)."""
+        return self._core.stats()
+
+    @property
+    def closed(self) -> bool:
+        """True once close() has begun."""
+        return self._core.closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._core.closed else "open"
+        return f"<TaskBucket {self._core.name!r} {state} live={len(self)}>"
+
+    # -- internals -------------------------------------------------------------
+
+    def _plan_for(self, executor: object) -> HookPlan:
+        if self._default_plan is not None and executor is self._default_plan.executor:
+            return self._default_plan
+        key = id(executor)
+        plan = self._plans.get(key)
+        if plan is None or plan.executor is not executor:
+            plan = HookPlan(executor)
+            if len(self._plans) >= 256:
+                self._plans.clear()
+            # The plan holds the executor, so its id cannot be reused while cached.
+            self._plans[key] = plan
+        return plan
+
+
+def _close_forgotten(core: Scheduler) -> None:
+    """The bucket was garbage-collected without close(): stop its threads."""
+    live = len(core.tasks)
+    if live:
+        logger.warning(
+            "%s was garbage-collected with %d live tasks and no close(); they were drained",
+            core.name,
+            live,
+        )
+    core.close(wait=False, timeout=None, rescue=False, join_timeout=0.1)
+    _live_cores.discard(core)
+
+
+# -- fork safety -------------------------------------------------------------
+
+_live_cores: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits the bucket's state but none of its threads.
+
+    Its buckets are closed on the spot, with fresh locks so nothing can hang:
+    fill raises BucketClosed, drain raises TaskNotFound. The parent's tasks
+    are the parent's; the child starts its own bucket.
+    """
+    for core in list(_live_cores):
+        core.lock = threading.Lock()
+        core.closed = True
+        core.stopping = True
+        core.forked = True  # type: ignore[attr-defined]
+        core.tasks.clear()
+        core.inbox.clear()
+        core.pool.work.clear()
+        core.pool.hooks.clear()
+        core.pool.threads.clear()
+        core.pool._lock = threading.Lock()
+        core.close_done.set()
+    _live_cores.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,125 @@
+"""Executors: the user's hooks, and the `HookPlan` that resolves them once.
+
+An executor is any object with an ``on_execute`` method (subclassing
+`Executor` is optional; hooks it lacks are no-ops), or a plain callable
+``f(ctx, task_id, data)`` used as ``on_execute``. Each hook may be a plain
+function or an ``async def``.
+
+The bucket resolves an executor into a `HookPlan` once: which hooks exist,
+bound, and which are coroutine functions. Per task it then costs one
+reference, and a hook nobody defined costs nothing at all.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Executor", "HookPlan"]
+
+HOOK_NAMES = ("on_execute", "on_finish", "on_execute_error", "on_task_exhausted", "on_panic")
+
+
+class Executor:
+    """Base class for executors. Override the hooks you need.
+
+    Every hook receives ``ctx`` (a `TaskContext`), the task id and its data.
+    Any hook may be ``async def``.
+    """
+
+    def on_execute(self, ctx: Any, task_id: str, data: Any) -> Any:
+        """The work. Its return value is the task's result."""
+        return None
+
+    def on_finish(self, ctx: Any, task_id: str, data: Any) -> None:
+        """`on_execute` returned normally."""
+
+    def on_execute_error(self, ctx: Any, task_id: str, data: Any, error: BaseException) -> None:
+        """`on_execute` raised `error`."""
+
+    def on_task_exhausted(self, ctx: Any, task_id: str, data: Any) -> None:
+        """The life span ended before the task finished."""
+
+    def on_panic(self, ctx: Any, task_id: str, data: Any) -> None:
+        """The task was rescued: persist it before the program dies."""
+
+
+Hook = Callable[..., Any]
+
+# Per executor class: the hook names it really defines (not Executor's no-ops).
+_defined_by_class: dict[type, tuple[str, ...]] = {}
+
+
+def _defined_hooks(cls: type) -> tuple[str, ...]:
+    names = _defined_by_class.get(cls)
+    if names is None:
+        names = tuple(
+            name
+            for name in HOOK_NAMES
+            if getattr(cls, name, None) is not None
+            and getattr(cls, name, None) is not getattr(Executor, name)
+        )
+        _defined_by_class[cls] = names
+    return names
+
+
+class HookPlan:
+    """An executor resolved: bound hooks (None when absent) and which are async."""
+
+    __slots__ = (
+        "async_hooks",
+        "executor",
+        "is_async",
+        "on_execute",
+        "on_execute_error",
+        "on_finish",
+        "on_panic",
+        "on_task_exhausted",
+    )
+
+    on_execute: Hook | None
+    on_finish: Hook | None
+    on_execute_error: Hook | None
+    on_task_exhausted: Hook | None
+    on_panic: Hook | None
+
+    def __init__(self, executor: object) -> None:
+        self.executor = executor
+        hooks: dict[str, Hook | None] = dict.fromkeys(HOOK_NAMES)
+        if isinstance(executor, Executor) or hasattr(executor, "on_execute"):
+            names = _defined_hooks(type(executor))
+            for name in names:
+                hooks[name] = getattr(executor, name)
+            # Instance attributes (an object built by hand) count too.
+            for name in HOOK_NAMES:
+                if name not in names and name in getattr(executor, "__dict__", {}):
+                    hooks[name] = getattr(executor, name)
+            if not callable(hooks["on_execute"]) and hooks["on_execute"] is not None:
+                raise TypeError(f"executor.on_execute must be callable, got {executor!r}")
+        elif callable(executor):
+            hooks["on_execute"] = executor
+        else:
+            raise TypeError(
+                "executor must be an Executor, an object with on_execute, or a callable "
+                f"f(ctx, task_id, data); got {type(executor).__name__}"
+            )
+        for name, hook in hooks.items():
+            if hook is not None and not callable(hook):
+                raise TypeError(f"executor.{name} must be callable, got {type(hook).__name__}")
+            setattr(self, name, hook)
+        self.async_hooks = frozenset(
+            name for name, hook in hooks.items() if hook is not None and _is_async(hook)
+        )
+        #: on_execute is a coroutine function: it runs on the bucket's event loop.
+        self.is_async = "on_execute" in self.async_hooks
+
+    def __repr__(self) -> str:
+        return f"<HookPlan for {self.executor!r}>"
+
+
+def _is_async(fn: Hook) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ counts
+    return call is not None and inspect.iscoroutinefunction(call)

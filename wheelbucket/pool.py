@@ -1,0 +1,231 @@
+"""The worker pool: a few threads that run tasks and ending hooks.
+
+Work arrives on two lock-free deques (``deque.append`` and ``deque.popleft``
+are atomic across threads, as the CPython documentation promises): `hooks`
+for ending hooks, served first, and `work` for tasks to execute. An idle
+worker parks on its own lock; whoever adds work unparks one idle worker, and
+a worker that takes a task while more is waiting unparks one more, so the
+number of busy threads follows the backlog without a thundering herd.
+
+A worker whose task ended under it (drained, exhausted or rescued while
+``on_execute`` ran) is *stuck* in user code: a thread cannot be killed. It
+stops counting as a worker and a replacement starts, up to `max_extra`
+threads beyond `workers`. When the stuck thread comes back it rejoins the
+pool if there is room, and exits otherwise.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._log import logger
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+    from .task import TaskHandle
+
+__all__ = ["Worker", "WorkerPool"]
+
+class Worker:
+    """One pool thread."""
+
+    __slots__ = ("busy", "in_idle", "pool", "stuck", "thread", "_park")
+
+    def __init__(self, pool: WorkerPool, name: str) -> None:
+        self.pool = pool
+        # Invariant: busy is False only while the worker is parked or about
+        # to park with every queue seen empty (settle() relies on it).
+        self.busy = True
+        # Invariant: in_idle is True while this worker has an entry in pool.idle.
+        self.in_idle = False
+        # Invariant: stuck is True while the task it runs has ended under it.
+        self.stuck = False
+        self._park = threading.Lock()
+        self._park.acquire()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def unpark(self) -> None:
+        try:
+            self._park.release()
+        except RuntimeError:  # already unparked: it will find the work anyway
+            pass
+
+    def _run(self) -> None:
+        pool = self.pool
+        core = pool.core
+        work = pool.work
+        hooks = pool.hooks
+        idle = pool.idle
+        execute = core.execute
+        # This loop is the worker: hooks first, then tasks, then park.
+        while True:
+            if hooks:
+                try:
+                    job = hooks.popleft()
+                except IndexError:
+                    continue
+                job()
+                continue
+            try:
+                task = work.popleft()
+            except IndexError:
+                if pool.stopping:
+                    break
+                self.busy = False
+                if not self.in_idle:
+                    self.in_idle = True
+                    idle.append(self)
+                if work or hooks or pool.stopping:  # re-check: no lost wake-up
+                    self.busy = True
+                    continue
+                self._park.acquire()
+                self.busy = True
+                continue
+            if work and idle:
+                pool.wake_one()
+            execute(task, self)
+            if self.stuck and not pool.rejoin(self):
+                pool.exited(self, counted=False)
+                return
+        pool.exited(self, counted=True)
+
+
+class WorkerPool:
+    """`workers` threads (started on demand) plus bounded replacements."""
+
+    def __init__(self, core: Scheduler, workers: int, max_extra: int, name: str) -> None:
+        self.core = core
+        self.size = workers
+        self.max_extra = max_extra
+        self.name = name
+        self.work: deque[TaskHandle] = deque()
+        self.hooks: deque[Callable[[], None]] = deque()
+        self.idle: deque[Worker] = deque()
+        self.stopping = False
+        self._lock = threading.Lock()
+        # Invariant: threads == every started worker that has not exited;
+        # active == threads - (workers stuck in user code).
+        self.threads: list[Worker] = []
+        self.active = 0
+        self.stuck = 0
+        self.replaced = 0
+        self._serial = 0
+
+    def submit(self, task: TaskHandle) -> None:
+        """Queue `task` for a worker. Never blocks."""
+        self.work.append(task)
+        if self.idle:
+            self.wake_one()
+        elif self.active < self.size:
+            self._grow()
+
+    def submit_hook(self, job: Callable[[], None]) -> None:
+        """Queue an ending hook, served before any task."""
+        self.hooks.append(job)
+        if self.idle:
+            self.wake_one()
+        elif self.active < self.size:
+            self._grow()
+
+    def wake_one(self) -> None:
+        try:
+            worker = self.idle.popleft()
+        except IndexError:
+            return
+        worker.in_idle = False
+        worker.unpark()
+
+    def _grow(self) -> None:
+        with self._lock:
+            if self.stopping or self.active >= self.size:
+                return
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        self._serial += 1
+        worker = Worker(self, f"{self.name}-worker-{self._serial}")
+        self.threads.append(worker)
+        self.active += 1
+        worker.thread.start()
+
+    def mark_stuck(self, worker: Worker) -> None:
+        """The task `worker` runs has ended under it: replace the worker if allowed."""
+        with self._lock:
+            if worker.stuck:
+                return
+            worker.stuck = True
+            self.active -= 1
+            self.stuck += 1
+            extra = len(self.threads) - self.size
+            if self.stopping:
+                return
+            if extra < self.max_extra:
+                self.replaced += 1
+                self._start_locked()
+                logger.warning(
+                    "%s: a worker is stuck in a task that already ended; started a "
+                    "replacement (%d extra threads of %d allowed)",
+                    self.name,
+                    extra + 1,
+                    self.max_extra,
+                )
+            else:
+                logger.error(
+                    "%s: a worker is stuck in a task that already ended and the "
+                    "bound of %d extra threads is reached; the pool runs with %d",
+                    self.name,
+                    self.max_extra,
+                    self.active,
+                )
+
+    def rejoin(self, worker: Worker) -> bool:
+        """A stuck worker came back from user code: keep it if there is room."""
+        with self._lock:
+            worker.stuck = False
+            self.stuck -= 1
+            if self.stopping or self.active >= self.size:
+                return False
+            self.active += 1
+            return True
+
+    def exited(self, worker: Worker, *, counted: bool) -> None:
+        with self._lock:
+            self.threads.remove(worker)
+            if counted:
+                self.active -= 1
+
+    def stop(self, timeout: float) -> list[Worker]:
+        """Ask every worker to exit and join them; return those that did not."""
+        with self._lock:
+            self.stopping = True
+            workers = list(self.threads)
+        for worker in workers:
+            worker.unpark()
+        current = threading.current_thread()
+        left = []
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            if worker.thread is current or not worker.thread.is_alive():
+                continue
+            worker.thread.join(max(0.0, deadline - time.monotonic()))
+            if worker.thread.is_alive():
+                left.append(worker)
+        return left
+
+    def busy_count(self) -> int:
+        return sum(1 for worker in list(self.threads) if worker.busy)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "threads": len(self.threads),
+            "active": self.active,
+            "stuck": self.stuck,
+            "busy": self.busy_count(),
+            "work": len(self.work),
+            "hooks": len(self.hooks),
+        }
+

@@ -1,0 +1,306 @@
+"""Tasks: the record the bucket keeps, the handle `fill` returns, the `ctx` hooks get.
+
+A task's record *is* its handle: `fill` returns the very object the bucket
+files in its map and its wheel, so a handle costs nothing extra until
+someone waits on it (then a small waiter object is made). A `TaskContext`
+is made only when `on_execute` starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import threading
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+from ._log import logger, safe_repr
+from .errors import TaskDrained, TaskExhausted, TaskRescued
+from .wheel import TimerEntry
+
+if TYPE_CHECKING:
+    from .clock import Clock
+
+__all__ = ["TaskContext", "TaskHandle", "TaskState", "TaskType"]
+
+
+class TaskType(enum.Enum):
+    """When a task runs: at once, or after its run-after delay."""
+
+    IMMEDIATE = "immediate"
+    TIME_BOMB = "time_bomb"
+
+
+class TaskState(enum.Enum):
+    """Where a task is in its life. The last five are endings."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    EXHAUSTED = "exhausted"
+    DRAINED = "drained"
+    RESCUED = "rescued"
+
+
+# The internal state is a small int so the hot paths compare ints, not enum
+# members. WAITING (on the run-after timer) and QUEUED (for a worker) are
+# both PENDING to the user.
+WAITING = 0
+QUEUED = 1
+RUNNING = 2
+FINISHED = 3
+FAILED = 4
+EXHAUSTED = 5
+DRAINED = 6
+RESCUED = 7
+# Refused: inserted by a fill that then lost a race with close() or the
+# capacity bound; never counted, never seen by the user as a live task.
+ENDED = FINISHED  # state >= ENDED  <=>  the task has its ending
+# Or-ed into an ending while its hook has not returned yet: the handle is
+# done (and waiters wake) only once the hook is through.
+HOOK_PENDING = 16
+
+_PUBLIC_STATE = (
+    TaskState.PENDING,
+    TaskState.PENDING,
+    TaskState.RUNNING,
+    TaskState.FINISHED,
+    TaskState.FAILED,
+    TaskState.EXHAUSTED,
+    TaskState.DRAINED,
+    TaskState.RESCUED,
+)
+
+_ENDING_ERROR: dict[int, type[Exception]] = {
+    EXHAUSTED: TaskExhausted,
+    DRAINED: TaskDrained,
+    RESCUED: TaskRescued,
+}
+
+
+class _Waiters:
+    """What a handle needs once somebody waits on it; made on first use."""
+
+    __slots__ = ("callbacks", "event", "lock")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.lock = threading.Lock()
+        # Invariant: None once the task has ended and its callbacks were taken.
+        self.callbacks: list[Callable[[TaskHandle], object]] | None = []
+
+    def release(self) -> list[Callable[[TaskHandle], object]]:
+        with self.lock:
+            callbacks, self.callbacks = self.callbacks, None
+        self.event.set()
+        return callbacks or []
+
+
+# Orders the lazy creation of a handle's _Waiters against its ending.
+_WAITERS_LOCK = threading.Lock()
+
+
+class TaskHandle(TimerEntry):
+    """A filled task, as `fill` returns it.
+
+    Wait for it with `wait` / `result`, chain on it with `add_done_callback`,
+    or ``await`` it from any asyncio event loop.
+    """
+
+    __slots__ = ("_ctx", "_data", "_deadline", "_due", "_plan", "_state", "_waiters", "id")
+
+    # Invariant: _state only grows. It changes under the bucket's lock, but
+    #   for the final clearing of HOOK_PENDING by the thread that ran the hook.
+    # Invariant: while live, _data is the task's data; once ended it is the
+    #   outcome (on_execute's return value, or its exception when FAILED) and
+    #   _plan is None, so an ended task keeps no user object but that.
+    id: str
+    _data: Any
+    _plan: Any
+    _state: int
+    _due: int  # monotonic ns at which on_execute may start
+    _deadline: int  # monotonic ns at which the life span ends
+    _ctx: TaskContext | None  # while RUNNING
+    _waiters: _Waiters | None
+
+    def __init__(self, task_id: str, data: Any, plan: Any, state: int, due: int, deadline: int):
+        self._wheel_prev = None
+        self._wheel_next = None
+        self.id = task_id
+        self._data = data
+        self._plan = plan
+        self._state = state
+        self._due = due
+        self._deadline = deadline
+        self._ctx = None
+        self._waiters = None
+
+    # -- public -----------------------------------------------------------
+
+    @property
+    def state(self) -> TaskState:
+        """The task's `TaskState` now."""
+        return _PUBLIC_STATE[self._state & ~HOOK_PENDING]
+
+    def done(self) -> bool:
+        """True once the task has ended and its ending hook has returned."""
+        return ENDED <= self._state < HOOK_PENDING
+
+    def wait(self, timeout: float | None = None) -> TaskState | None:
+        """Block until the task ends; return its final state, or None on timeout.
+
+        `timeout` is in real seconds, whatever clock the bucket runs on.
+        """
+        if not ENDED <= self._state < HOOK_PENDING:
+            self._ensure_waiters().event.wait(timeout)
+            if not ENDED <= self._state < HOOK_PENDING:
+                return None
+        return _PUBLIC_STATE[self._state]
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The return value of `on_execute`, once the task ends.
+
+        Raises:
+            TimeoutError: the task did not end within `timeout` seconds.
+            TaskExhausted / TaskDrained / TaskRescued: it ended that way.
+            Exception: whatever `on_execute` raised, when FAILED.
+        """
+        if self.wait(timeout) is None:
+            raise TimeoutError(f"task {self.id!r} did not end within {timeout} s")
+        return self._outcome()
+
+    def add_done_callback(self, fn: Callable[[TaskHandle], object]) -> None:
+        """Call ``fn(handle)`` exactly once, when the task ends (at once if it has).
+
+        Callbacks run on the thread that ends the task; one that raises is
+        logged and counted like any hook error.
+        """
+        waiters = self._ensure_waiters()
+        with waiters.lock:
+            if waiters.callbacks is not None:
+                waiters.callbacks.append(fn)
+                return
+        _call_done_callback(fn, self)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await handle``: the result, or the exception, as `result()` gives it.
+
+        Works from any event loop in any thread; cancelling the awaiting
+        coroutine does not cancel the task.
+        """
+        if not ENDED <= self._state < HOOK_PENDING:
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+
+            def wake(_: TaskHandle) -> None:
+                loop.call_soon_threadsafe(_resolve, future)
+
+            self.add_done_callback(wake)
+            yield from asyncio.shield(future).__await__()
+        return self._outcome()
+
+    def __repr__(self) -> str:
+        return f"<TaskHandle {self.id!r} {self.state.name}>"
+
+    # -- internals --------------------------------------------------------
+
+    def _outcome(self) -> Any:
+        state = self._state
+        if state == FINISHED:
+            return self._data
+        if state == FAILED:
+            raise self._data
+        raise _ENDING_ERROR[state](f"task {self.id!r} was {_PUBLIC_STATE[state].value}")
+
+    def _ensure_waiters(self) -> _Waiters:
+        waiters = self._waiters
+        if waiters is None:
+            with _WAITERS_LOCK:  # rare: only the first waiter of a task gets here
+                waiters = self._waiters
+                if waiters is None:
+                    waiters = self._waiters = _Waiters()
+                    if ENDED <= self._state < HOOK_PENDING:
+                        waiters.release()
+        return waiters
+
+    def _release_waiters(self) -> list[Callable[[TaskHandle], object]]:
+        """Once the ending hook is through: wake waiters, hand back the callbacks."""
+        # No lock: a _Waiters made after this read sees the ending and
+        # releases itself; releasing twice hands the callbacks out once.
+        waiters = self._waiters
+        if waiters is None:
+            return []
+        return waiters.release()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _call_done_callback(fn: Callable[[TaskHandle], object], handle: TaskHandle) -> None:
+    try:
+        fn(handle)
+    except Exception:
+        logger.exception("done callback of task %s raised", safe_repr(handle.id))
+
+
+class TaskContext:
+    """What a running task's hooks get as `ctx`: its deadline and its cancellation.
+
+    The Python form of Go's ``ctx``: long work checks ``ctx.cancelled`` or
+    blocks in ``ctx.wait(timeout)`` so that it stops early when the task is
+    drained, exhausted or rescued.
+    """
+
+    __slots__ = ("_aio_task", "_cancelled", "_clock", "_wake", "deadline", "task_id", "worker")
+
+    def __init__(self, task_id: str, deadline: float, clock: Clock, worker: object = None):
+        self.task_id = task_id
+        #: Monotonic time (seconds) at which the task's life span ends.
+        self.deadline = deadline
+        self._clock = clock
+        self._cancelled = False
+        self._wake: threading.Event | None = None
+        #: The pool worker running on_execute (None for async hooks).
+        self.worker = worker
+        self._aio_task: asyncio.Task[Any] | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the task was drained, exhausted or rescued."""
+        return self._cancelled
+
+    def remaining(self) -> float:
+        """Seconds left in the life span (never negative)."""
+        return max(0.0, self.deadline - self._clock.monotonic())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the task is cancelled or `timeout` seconds pass.
+
+        Returns True if cancelled. The timeout runs on the bucket's clock.
+        """
+        clock = self._clock
+        deadline = None if timeout is None else clock.monotonic_ns() + round(timeout * 1e9)
+        while not self._cancelled:
+            if deadline is not None and clock.monotonic_ns() >= deadline:
+                return False
+            wake = self._wake
+            if wake is None:
+                wake = self._wake = threading.Event()
+            wake.clear()
+            if self._cancelled:
+                break
+            clock.wait(wake, deadline)
+        return True
+
+    def _cancel(self) -> None:
+        self._cancelled = True
+        wake = self._wake
+        if wake is not None:
+            wake.set()
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self._cancelled else "live"
+        return f"<TaskContext {self.task_id!r} {state}>"
