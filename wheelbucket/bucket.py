@@ -18,7 +18,7 @@ from ._log import logger, safe_repr
 from .clock import Clock, MonotonicClock
 from .errors import BucketClosed, BucketFull, TaskExists, TaskNotFound
 from .executor import HookPlan
-from .scheduler import Scheduler
+from .scheduler import INBOX_BATCH, Scheduler
 from .stats import BucketStats
 from .task import QUEUED, WAITING, TaskHandle, TaskType
 
@@ -46,7 +46,7 @@ def _duration_ns(value: object, name: str, *, zero_ok: bool) -> int:
         )
     else:
         seconds = value
-    if math.isnan(seconds) or math.isinf(seconds):
+    if isinstance(seconds, float) and not math.isfinite(seconds):  # no float() of a huge int
         raise ValueError(f"{name} must be finite, got {seconds!r}")
     if seconds < 0 or (seconds == 0 and not zero_ok):
         bound = ">= 0" if zero_ok else "> 0"
@@ -112,6 +112,8 @@ class TaskBucket:
         self._life_span = _duration_ns(life_span, "life_span", zero_ok=False)
         self._run_after = _duration_ns(run_after, "run_after", zero_ok=True)
         self._max_bucket = _positive_int(max_bucket, "max_bucket")
+        # One shared int for every TIME_BOMB task filled with both defaults.
+        self._bomb_life = self._life_span - self._run_after
         if not isinstance(verbose, bool):
             raise TypeError(f"verbose must be a bool, got {type(verbose).__name__}")
         workers = _positive_int(workers, "workers")
@@ -126,13 +128,17 @@ class TaskBucket:
         tick_ns = _duration_ns(tick, "tick", zero_ok=False)
         if clock is None:
             clock = MonotonicClock()
-        elif not isinstance(clock, Clock):
+        elif isinstance(clock, type) or not isinstance(clock, Clock):  # a class passes the Protocol
             raise TypeError(
                 "clock must have monotonic_ns(), monotonic() and wait(event, deadline_ns), "
                 f"got {type(clock).__name__}"
             )
         if not isinstance(use_uvloop, bool):
             raise TypeError(f"use_uvloop must be a bool, got {type(use_uvloop).__name__}")
+        if use_uvloop:
+            from ._aio import require_uvloop
+
+            require_uvloop()  # here, not at the first async hook (on the scheduler thread)
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, got {safe_repr(name)}")
         self._default_plan = None if executor is None else HookPlan(executor)
@@ -140,6 +146,11 @@ class TaskBucket:
         self.verbose = verbose
         self._log_level = logging.INFO if verbose else logging.DEBUG
         self._clock_ns = clock.monotonic_ns
+        for arg, value, top in (("wheel_bits", wheel_bits, 16), ("wheel_levels", wheel_levels, 64)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{arg} must be an int, got {type(value).__name__}")
+            if not 1 <= value <= top:
+                raise ValueError(f"{arg} must be in [1, {top}], got {value!r}")
         self._core = core = Scheduler(
             clock=clock,
             tick_ns=tick_ns,
@@ -201,17 +212,22 @@ class TaskBucket:
                 )
         else:
             plan = self._plan_for(executor)
-        span = self._life_span if life_span is None else _duration_ns(
-            life_span, "life_span", zero_ok=False
-        )
         now = self._clock_ns()
         if task_type is _TIME_BOMB:
-            delay = self._run_after if run_after is None else _duration_ns(
-                run_after, "run_after", zero_ok=True
-            )
-            if span <= delay:
+            if run_after is None and life_span is None:
+                delay = self._run_after
+                life = self._bomb_life
+            else:
+                delay = self._run_after if run_after is None else _duration_ns(
+                    run_after, "run_after", zero_ok=True
+                )
+                span = self._life_span if life_span is None else _duration_ns(
+                    life_span, "life_span", zero_ok=False
+                )
+                life = span - delay
+            if life <= 0:
                 raise ValueError(
-                    f"life_span ({span / 1e9:g} s) must be greater than run_after "
+                    f"life_span ({(life + delay) / 1e9:g} s) must be greater than run_after "
                     f"({delay / 1e9:g} s) for a TIME_BOMB task"
                 )
             state = WAITING
@@ -220,15 +236,18 @@ class TaskBucket:
         elif task_type is _IMMEDIATE:
             if run_after is not None:
                 _duration_ns(run_after, "run_after", zero_ok=True)  # still check it
+            life = self._life_span if life_span is None else _duration_ns(
+                life_span, "life_span", zero_ok=False
+            )
             state = QUEUED
             due = now
-            wake_for = now + span
+            wake_for = now + life
         else:
             raise TypeError(
                 f"task_type must be TaskType.IMMEDIATE or TaskType.TIME_BOMB, "
                 f"got {safe_repr(task_type)}"
             )
-        task = TaskHandle(task_id, data, plan, state, due, now + span)
+        task = TaskHandle(task_id, data, plan, state, due, life)
         core = self._core
         tasks = core.tasks
         with core.lock:
@@ -245,10 +264,21 @@ class TaskBucket:
                 )
             tasks[task_id] = task
             core.filled += 1
-        core.submit(task, wake_for)
+        # Logged before the hand-off, so "filled" never follows "executing".
         level = self._log_level
         if logger.isEnabledFor(level):
             logger.log(level, "task %s filled (%s)", safe_repr(task_id), task_type.name)
+        if state == WAITING:
+            # Scheduler.submit() inlined for the common case, since this runs
+            # once per fill: a TIME_BOMB task only goes to the inbox (a
+            # lock-free deque append), and the scheduler is woken only if this
+            # deadline is the new earliest, or to apply a full batch.
+            inbox = core.inbox
+            inbox.append(task)
+            if wake_for < core.wake_at or not len(inbox) % INBOX_BATCH:
+                core.wake.set()
+        else:
+            core.submit(task, wake_for)
         return task
 
     def drain(self, task_id: str) -> None:
@@ -262,6 +292,8 @@ class TaskBucket:
         """
         if type(task_id) is not str:
             raise TypeError(f"task_id must be a str, got {type(task_id).__name__}")
+        if not task_id:
+            raise ValueError("task_id must be a non-empty str")
         if self._core.drain(task_id) is None:
             raise TaskNotFound(f"no live task {safe_repr(task_id)}")
 
@@ -288,9 +320,17 @@ class TaskBucket:
         """
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
-            if math.isnan(timeout) or timeout < 0:
+                raise TypeError(
+                    f"timeout must be a number of seconds or None, got {safe_repr(timeout)}"
+                )
+            if (isinstance(timeout, float) and math.isnan(timeout)) or timeout < 0:
                 raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+            if timeout > MAX_DURATION:  # math.inf included: no limit, as None
+                timeout = None
+        if not isinstance(wait, bool):
+            raise TypeError(f"wait must be a bool, got {type(wait).__name__}")
+        if not isinstance(rescue, bool):
+            raise TypeError(f"rescue must be a bool, got {type(rescue).__name__}")
         self._core.close(wait=bool(wait), timeout=timeout, rescue=bool(rescue), join_timeout=1.0)
         self._finalizer.detach()
         _live_cores.discard(self._core)
@@ -312,6 +352,10 @@ class TaskBucket:
 
     def get(self, task_id: str) -> TaskHandle | None:
         """The handle of live task `task_id`, or None."""
+        if type(task_id) is not str:
+            raise TypeError(f"task_id must be a str, got {type(task_id).__name__}")
+        if not task_id:
+            raise ValueError("task_id must be a non-empty str")
         return self._core.tasks.get(task_id)
 
     def stats(self) -> BucketStats:

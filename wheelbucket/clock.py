@@ -31,11 +31,15 @@ class Clock(Protocol):
         """Now, in seconds (``monotonic_ns() / 1e9``)."""
         ...
 
-    def wait(self, event: threading.Event, deadline_ns: int | None) -> None:
+    def wait(
+        self, event: threading.Event, deadline_ns: int | None, timeout: float | None = None
+    ) -> None:
         """Block until `event` is set or the clock reaches `deadline_ns`.
 
-        The clock may itself set `event` to wake the waiter, so callers treat
-        the event as a hint and re-check whatever they wait for.
+        With `timeout`, also return after that many *real* seconds, whatever
+        the clock says (the scheduler watches thread progress this way). The
+        clock may itself set `event` to wake the waiter, so callers treat the
+        event as a hint and re-check whatever they wait for.
         """
         ...
 
@@ -48,13 +52,16 @@ class MonotonicClock:
     monotonic_ns = staticmethod(time.monotonic_ns)
     monotonic = staticmethod(time.monotonic)
 
-    def wait(self, event: threading.Event, deadline_ns: int | None) -> None:
-        if deadline_ns is None:
-            event.wait()
-            return
-        timeout = (deadline_ns - time.monotonic_ns()) / 1e9
-        if timeout > 0:
-            event.wait(min(timeout, _MAX_WAIT))
+    def wait(
+        self, event: threading.Event, deadline_ns: int | None, timeout: float | None = None
+    ) -> None:
+        if deadline_ns is not None:
+            left = (deadline_ns - time.monotonic_ns()) / 1e9
+            if left <= 0:
+                return
+            if timeout is None or left < timeout:
+                timeout = left
+        event.wait(None if timeout is None else min(timeout, _MAX_WAIT))
 
     def __repr__(self) -> str:
         return "MonotonicClock()"

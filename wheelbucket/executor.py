@@ -16,6 +16,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from ._log import safe_repr
+
 __all__ = ["Executor", "HookPlan"]
 
 HOOK_NAMES = ("on_execute", "on_finish", "on_execute_error", "on_task_exhausted", "on_panic")
@@ -96,7 +98,7 @@ class HookPlan:
                 if name not in names and name in getattr(executor, "__dict__", {}):
                     hooks[name] = getattr(executor, name)
             if not callable(hooks["on_execute"]) and hooks["on_execute"] is not None:
-                raise TypeError(f"executor.on_execute must be callable, got {executor!r}")
+                raise TypeError(f"executor.on_execute must be callable, got {safe_repr(executor)}")
         elif callable(executor):
             hooks["on_execute"] = executor
         else:

@@ -21,13 +21,13 @@ each task gets exactly one ending and one hook.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from ._log import logger, safe_repr
 from .clock import Clock
-from .executor import HookPlan
 from .pool import Worker, WorkerPool
 from .stats import BucketStats, LatenessHistogram
 from .task import (
@@ -58,6 +58,9 @@ NEVER = 1 << 62
 # Wake the scheduler once this many submissions wait, so the inbox (and the
 # time it takes to apply) stays bounded even when no deadline is near.
 INBOX_BATCH = 4096
+# A queue head that has not moved for this long means the awake workers
+# are blocked: wake one more (see Scheduler._watch_stall).
+STALL_NS = 1_000_000
 # Fired timers are handled under the lock in chunks of this size, so a
 # storm never holds the lock long enough to stall a caller of fill.
 FIRE_CHUNK = 512
@@ -131,6 +134,11 @@ class Scheduler:
         self.hook_errors = 0
         self.running = 0
         self.lateness = LatenessHistogram()
+        self._last_tick = 0
+        # The stall watch: is the head of the pool's queue moving?
+        self.watching = False
+        self.stall_head: object = None
+        self.stall_since = 0
         self.thread = threading.Thread(target=self._run, name=f"{name}-scheduler", daemon=True)
 
     def start(self) -> None:
@@ -164,13 +172,14 @@ class Scheduler:
                 break
             nxt = wheel.next_tick()
             deadline = None if nxt is None else nxt * tick_ns
+            stall_timeout = self._watch_stall() if self.watching else None
             self.wake_at = NEVER if deadline is None else deadline
             # Look again after publishing wake_at: a submission that came
             # before it saw AWAKE and did not wake us.
             if inbox or (deadline is not None and deadline <= now):
                 continue
             self.asleep = True
-            clock.wait(wake, deadline)
+            clock.wait(wake, deadline, stall_timeout)
             self.asleep = False
         self.wake_at = AWAKE
 
@@ -183,10 +192,15 @@ class Scheduler:
         elif task._wheel_prev is None:
             # Ceiling division: a deadline between two ticks belongs to the
             # later one, so nothing ever fires early.
-            if state == WAITING:
-                self.wheel.add(task, -(-task._due // self.tick_ns))
+            due = task._due if state == WAITING else task._due + task._life
+            tick = -(-due // self.tick_ns)
+            # Tasks due in the same tick share one int object: 32 bytes a
+            # task saved when they come in bursts, for one comparison.
+            if tick == self._last_tick:
+                tick = self._last_tick
             else:
-                self.wheel.add(task, -(-task._deadline // self.tick_ns))
+                self._last_tick = tick
+            self.wheel.add(task, tick)
 
     def _fire(self, expired: list[Any], now: int) -> None:
         """Handle timers that came due: start tasks, exhaust the overdue."""
@@ -206,27 +220,62 @@ class Scheduler:
                     elif state < ENDED:
                         endings.append((task, state, self._end_locked(task, EXHAUSTED)))
             for task in ready:
-                wheel.add(task, -(-task._deadline // tick_ns))
+                wheel.add(task, -(-(task._due + task._life) // tick_ns))
             if ready:
                 self._dispatch(ready)
             for task, was, ending in endings:
                 self._after_end(task, was, ending)
-                self.pool.submit_hook(self._exhausted_job(task, ending))
+                if "on_task_exhausted" in ending[1].async_hooks:
+                    # On the loop, so that stuck workers cannot hold it back.
+                    self._aio().call(self._exhausted_job(task, ending))
+                else:
+                    self.pool.submit_hook(self._exhausted_job(task, ending))
+                    self.watching = True
 
     def _dispatch(self, ready: list[TaskHandle]) -> None:
         sync = ready
-        if self.aio is not None or any(t._plan.is_async for t in ready):
-            sync = [t for t in ready if not t._plan.is_async]
+        if self.aio is not None or any(_runs_async(t) for t in ready):
+            sync = []
             for t in ready:
-                if t._plan.is_async:
+                if _runs_async(t):
                     self._aio().submit(t)
+                else:
+                    sync.append(t)
         if sync:
             pool = self.pool
             pool.work.extend(sync)
-            if pool.idle:
-                pool.wake_one()
-            elif pool.active < pool.size:
-                pool._grow()
+            pool.nudge()
+            self.watching = True
+
+    def _watch_stall(self) -> float | None:
+        """One more worker when the head of the work queue has not moved for STALL_NS.
+
+        Tasks that block (I/O, sleep, waiting on a lock) release the GIL, and
+        then more threads do help: this is how the pool finds out. While work
+        is queued the scheduler wakes every STALL_NS to look; with nothing
+        queued it does not. Thread progress is a matter of real time, so this
+        reads the real monotonic clock even when the bucket runs on a fake
+        one. Returns the real seconds to sleep at most, or None.
+        """
+        now = time.monotonic_ns()
+        pool = self.pool
+        try:
+            head: object = pool.hooks[0] if pool.hooks else pool.work[0]
+        except IndexError:
+            self.stall_head = None
+            self.watching = False
+            # Look again: a submit that saw watching=True did not wake us.
+            if not (pool.work or pool.hooks):
+                return None
+            self.watching = True
+            head = None
+        if head is not self.stall_head:
+            self.stall_head = head
+            self.stall_since = now
+        elif now - self.stall_since >= STALL_NS:
+            pool.add_worker()
+            self.stall_since = now
+        return max(0.0, (self.stall_since + STALL_NS - now) / 1e9)
 
     # -- lifecycle: every state change goes through here ------------------
 
@@ -237,6 +286,11 @@ class Scheduler:
         """
         if task._state == RUNNING:
             self.running -= 1
+            if ending != FINISHED and ending != FAILED:
+                # Ended under its worker: that thread is stuck in user code.
+                ctx = task._ctx
+                if ctx is not None and ctx.worker is not None:
+                    self.pool.flag_stuck(ctx.worker)
         task._state = ending | HOOK_PENDING
         tasks = self.tasks
         if tasks.get(task.id) is task:
@@ -266,7 +320,7 @@ class Scheduler:
         if was == RUNNING and ctx is not None:
             ctx._cancel()
             if ctx.worker is not None:
-                self.pool.mark_stuck(ctx.worker)
+                self.pool.replace()
             elif self.aio is not None:
                 self.aio.cancel(ctx)
         state = task._state & ~HOOK_PENDING
@@ -280,21 +334,34 @@ class Scheduler:
         for fn in task._release_waiters():
             try:
                 fn(task)
-            except Exception as exc:
+            except BaseException as exc:  # as call_hook: a KeyboardInterrupt must not kill a worker
                 self._hook_failed("done callback", task.id, exc)
 
-    def call_hook(self, name: str, hook: Callable[..., Any] | None, task_id: str, *args: Any) -> None:
-        """Call an ending hook; contain and count what it raises. The one place they run."""
-        if hook is None:
-            return
-        try:
-            result = hook(*args)
-            if result is not None and _is_coroutine(result):
-                self._aio().run_hook(result, name, task_id)
-        except Exception as exc:
-            self._hook_failed(name, task_id, exc)
-        except BaseException as exc:  # KeyboardInterrupt, SystemExit from user code
-            self._hook_failed(name, task_id, exc)
+    def call_hook(
+        self,
+        name: str,
+        hook: Callable[..., Any] | None,
+        task_id: str,
+        *args: Any,
+        then: TaskHandle | None = None,
+        wait: bool = False,
+    ) -> None:
+        """Call an ending hook; contain and count what it raises; then complete `then`.
+
+        The one place sync ending hooks run. An async hook's coroutine goes to
+        the bucket's loop, which completes `then` once it is through; the
+        caller waits for that only with `wait` (rescue() does).
+        """
+        if hook is not None:
+            try:
+                result = hook(*args)
+                if result is not None and _is_coroutine(result):
+                    self._aio().run_hook(result, name, task_id, then, wait=wait)
+                    return
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit from user code too
+                self._hook_failed(name, task_id, exc)
+        if then is not None:
+            self.complete(then)
 
     def _hook_failed(self, name: str, task_id: str, exc: BaseException) -> None:
         with self.lock:
@@ -306,8 +373,8 @@ class Scheduler:
 
         def job() -> None:
             hook_ctx = ctx if ctx is not None else self._dead_ctx(task)
-            self.call_hook("on_task_exhausted", plan.on_task_exhausted, task.id, hook_ctx, task.id, data)
-            self.complete(task)
+            hook = plan.on_task_exhausted
+            self.call_hook("on_task_exhausted", hook, task.id, hook_ctx, task.id, data, then=task)
 
         return job
 
@@ -347,10 +414,10 @@ class Scheduler:
             task._data = result
         self._after_end(task, QUEUED, ending)
         if failed:
-            self.call_hook("on_execute_error", plan.on_execute_error, task_id, ctx, task_id, data, result)
+            hook = plan.on_execute_error
+            self.call_hook("on_execute_error", hook, task_id, ctx, task_id, data, result, then=task)
         else:
-            self.call_hook("on_finish", plan.on_finish, task_id, ctx, task_id, data)
-        self.complete(task)
+            self.call_hook("on_finish", plan.on_finish, task_id, ctx, task_id, data, then=task)
 
     # -- caller-side operations -------------------------------------------
 
@@ -359,11 +426,14 @@ class Scheduler:
         inbox = self.inbox
         inbox.append(task)
         if task._state == QUEUED:
-            plan: HookPlan = task._plan
-            if plan.is_async:
+            if _runs_async(task):
                 self._aio().submit(task)
             else:
                 self.pool.submit(task)
+                if not self.watching:
+                    # Queued work needs the stall watch (see _watch_stall).
+                    self.watching = True
+                    self.wake.set()
         if due < self.wake_at or not len(inbox) % INBOX_BATCH:
             self.wake.set()
 
@@ -388,8 +458,11 @@ class Scheduler:
             self._after_end(task, was, ending)
         for (task, _), (ctx, plan, data) in zip(taken, endings):
             hook_ctx = ctx if ctx is not None else self._dead_ctx(task)
-            self.call_hook("on_panic", plan.on_panic, task.id, hook_ctx, task.id, data)
-            self.complete(task)
+            # wait: rescue() returns after every on_panic, async ones included
+            # (but on the loop thread, which cannot wait for itself).
+            self.call_hook(
+                "on_panic", plan.on_panic, task.id, hook_ctx, task.id, data, then=task, wait=True
+            )
         return [task.id for task, _ in taken]
 
     def drain_all(self) -> int:
@@ -417,6 +490,10 @@ class Scheduler:
         if threading.current_thread() is not self.thread:
             self.thread.join(join_timeout)
         self.pool.stop(join_timeout)
+        if self.aio is not None:
+            # After the pool (whose hooks may still await on the loop), before
+            # the leftover hooks below (the loop hands sync hooks to the pool).
+            self.aio.stop(join_timeout)
         # Ending hooks still queued (every worker stuck, say) run here, so
         # that when close() returns every ending has had its hook.
         hooks = self.pool.hooks
@@ -426,24 +503,32 @@ class Scheduler:
             except IndexError:
                 break
             job()
-        if self.aio is not None:
-            self.aio.stop(join_timeout)
         self.close_done.set()
 
     def _on_own_thread(self) -> bool:
         current = threading.current_thread()
-        return current is self.thread or any(w.thread is current for w in list(self.pool.threads))
+        aio = self.aio
+        return (
+            current is self.thread
+            or (aio is not None and current is aio.thread)
+            or any(w.thread is current for w in list(self.pool.threads))
+        )
 
     def _wait_empty(self, timeout: float | None) -> None:
         current = threading.current_thread()
+        # On the event loop thread no async task can move while close() blocks.
+        on_loop = self.aio is not None and current is self.aio.thread
         with self.lock:
             # From inside a hook, close() does not wait for the caller's own task.
             self.close_allow = sum(
                 1
                 for task in self.tasks.values()
-                if task._ctx is not None
-                and task._ctx.worker is not None
-                and task._ctx.worker.thread is current
+                if (on_loop and _runs_async(task))
+                or (
+                    task._ctx is not None
+                    and task._ctx.worker is not None
+                    and getattr(task._ctx.worker, "thread", None) is current
+                )
             )
             if len(self.tasks) <= self.close_allow:
                 return
@@ -456,13 +541,12 @@ class Scheduler:
             clock.wait(self.emptied, deadline)
 
     def _aio(self) -> Any:
-        if self.aio is None:
-            from ._aio import AsyncRunner
+        aio = self.aio
+        if aio is None:
+            from ._aio import runner_for
 
-            with self.lock:
-                if self.aio is None:
-                    self.aio = AsyncRunner(self)
-        return self.aio
+            aio = runner_for(self)
+        return aio
 
     # -- introspection ----------------------------------------------------
 
@@ -497,7 +581,9 @@ class Scheduler:
     def quiet(self, running: int = 0) -> bool:
         """Nothing to do at the current time (see `wheelbucket.testing.settle`)."""
         pool = self.pool
-        aio_quiet = self.aio is None or self.aio.quiet()
+        aio = self.aio
+        # `running` counts blocked workers and blocked coroutines alike.
+        in_flight = 0 if aio is None else aio.inflight
         return (
             self.asleep
             and not self.wake.is_set()
@@ -505,19 +591,26 @@ class Scheduler:
             and len(self.inbox) < INBOX_BATCH
             and not pool.work
             and not pool.hooks
-            and pool.busy_count() <= running
-            and aio_quiet
+            and pool.busy_count() + in_flight <= running
         )
 
     def describe(self) -> str:
         return (
             f"asleep={self.asleep} wake_set={self.wake.is_set()} wake_at={self.wake_at} "
             f"now={self.clock.monotonic_ns()} inbox={len(self.inbox)} "
-            f"live={len(self.tasks)} pool={self.pool.describe()}"
+            f"live={len(self.tasks)} pool={self.pool.describe()} "
+            f"aio_inflight={None if self.aio is None else self.aio.inflight}"
         )
 
     def state_of(self, task: TaskHandle) -> TaskState:
         return task.state
+
+
+def _runs_async(task: TaskHandle) -> bool:
+    """`task` has an async on_execute. Read without the lock: a task that ended
+    since it was queued has no plan any more, and the pool's execute() drops it."""
+    plan = task._plan
+    return plan is not None and bool(plan.is_async)
 
 
 def _is_coroutine(obj: object) -> bool:

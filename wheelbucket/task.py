@@ -9,6 +9,7 @@ is made only when `on_execute` starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import threading
 from collections.abc import Callable, Generator
@@ -108,7 +109,7 @@ class TaskHandle(TimerEntry):
     or ``await`` it from any asyncio event loop.
     """
 
-    __slots__ = ("_ctx", "_data", "_deadline", "_due", "_plan", "_state", "_waiters", "id")
+    __slots__ = ("_ctx", "_data", "_due", "_life", "_plan", "_state", "_waiters", "id")
 
     # Invariant: _state only grows. It changes under the bucket's lock, but
     #   for the final clearing of HOOK_PENDING by the thread that ran the hook.
@@ -120,11 +121,14 @@ class TaskHandle(TimerEntry):
     _plan: Any
     _state: int
     _due: int  # monotonic ns at which on_execute may start
-    _deadline: int  # monotonic ns at which the life span ends
+    # The life span ends at _due + _life. Kept as an offset because tasks
+    # filled with the bucket's defaults then share one int object, which
+    # saves 32 bytes per pending task against storing the deadline.
+    _life: int
     _ctx: TaskContext | None  # while RUNNING
     _waiters: _Waiters | None
 
-    def __init__(self, task_id: str, data: Any, plan: Any, state: int, due: int, deadline: int):
+    def __init__(self, task_id: str, data: Any, plan: Any, state: int, due: int, life: int):
         self._wheel_prev = None
         self._wheel_next = None
         self.id = task_id
@@ -132,7 +136,7 @@ class TaskHandle(TimerEntry):
         self._plan = plan
         self._state = state
         self._due = due
-        self._deadline = deadline
+        self._life = life
         self._ctx = None
         self._waiters = None
 
@@ -191,19 +195,37 @@ class TaskHandle(TimerEntry):
         """
         if not ENDED <= self._state < HOOK_PENDING:
             loop = asyncio.get_running_loop()
+            # Our own future, not the task: cancelling it (wait_for's timeout,
+            # a cancelled awaiter) leaves the task alone.
             future: asyncio.Future[None] = loop.create_future()
 
             def wake(_: TaskHandle) -> None:
-                loop.call_soon_threadsafe(_resolve, future)
+                with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits
+                    loop.call_soon_threadsafe(_resolve, future)
 
             self.add_done_callback(wake)
-            yield from asyncio.shield(future).__await__()
+            try:
+                yield from future.__await__()
+            except BaseException:
+                # Given up (cancelled, timed out): drop the callback, so that
+                # awaiting again and again with a timeout does not pile them up.
+                waiters = self._waiters
+                if waiters is not None:
+                    with waiters.lock:
+                        if waiters.callbacks is not None and wake in waiters.callbacks:
+                            waiters.callbacks.remove(wake)
+                raise
         return self._outcome()
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.id!r} {self.state.name}>"
 
     # -- internals --------------------------------------------------------
+
+    @property
+    def _deadline(self) -> int:
+        """Monotonic ns at which the life span ends."""
+        return self._due + self._life
 
     def _outcome(self) -> Any:
         state = self._state

@@ -12,8 +12,9 @@
 
 `settle()` waits (in real time, with a safety timeout) until the bucket has
 nothing left to do at the current fake time: every submission applied, every
-due timer fired, every queued task executed, every worker idle except the
-`running` ones the test keeps blocked on purpose.
+due timer fired, every queued task executed, every worker idle and every
+coroutine on the bucket's event loop through, except the `running` ones the
+test keeps blocked on purpose.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ class FakeClock:
     def monotonic(self) -> float:
         return self._now_ns / 1e9
 
-    def wait(self, event: threading.Event, deadline_ns: int | None) -> None:
+    def wait(
+        self, event: threading.Event, deadline_ns: int | None, timeout: float | None = None
+    ) -> None:
         if deadline_ns is None:
-            event.wait()
+            event.wait(timeout)
             return
         entry = (deadline_ns, event)
         with self._lock:
@@ -57,7 +60,7 @@ class FakeClock:
                 return
             self._sleepers.append(entry)
         try:
-            event.wait()
+            event.wait(timeout)
         finally:
             with self._lock:
                 self._sleepers.remove(entry)
@@ -83,8 +86,11 @@ def settle(bucket: TaskBucket, *, running: int = 0, timeout: float = 10.0) -> No
     """Wait until `bucket` has nothing more to do at the current time.
 
     Args:
-        running: how many workers the test keeps inside a blocked hook on
-            purpose; they count as settled.
+        running: how many hooks the test keeps blocked on purpose; they
+            count as settled. A sync hook blocked on a worker counts one; so
+            does an async task in flight on the bucket's event loop (its
+            on_execute or ending hook awaiting something the test controls,
+            or a coroutine that ignored its cancellation).
         timeout: real seconds to wait before raising TimeoutError (a safety
             net against a deadlock, not a timing assumption).
     """

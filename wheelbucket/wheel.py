@@ -152,7 +152,24 @@ class TimingWheel:
         if entry._wheel_prev is not None:
             raise ValueError("entry is already in a wheel")
         entry._wheel_tick = tick
-        self._file(entry, tick)
+        # _file(), inlined: add() runs once per fill, and the call costs more
+        # than the body.
+        now = self._now
+        if tick <= now:
+            key = now
+        else:
+            width = (now ^ tick).bit_length()
+            shift = self._shift_for[width] if width < 129 else self._shift_for[128]
+            key = tick >> shift << shift
+        head = self._slots.get(key)
+        if head is None:
+            head = self._slots[key] = _Slot(key)
+            self._index.add(key)
+        tail = head._wheel_prev
+        entry._wheel_prev = tail
+        entry._wheel_next = head
+        tail._wheel_next = entry  # type: ignore[union-attr]
+        head._wheel_prev = entry
         self._count += 1
 
     def remove(self, entry: TimerEntry) -> None:
