@@ -135,6 +135,10 @@ class Scheduler:
         self.running = 0
         self.lateness = LatenessHistogram()
         self._last_tick = 0
+        # Tasks fired on the last turn whose life-span timer is not filed yet,
+        # and the earliest of their deadlines (see _arm).
+        self.unarmed: list[TaskHandle] = []
+        self.unarmed_soonest = NEVER
         # The stall watch: is the head of the pool's queue moving?
         self.watching = False
         self.stall_head: object = None
@@ -164,6 +168,8 @@ class Scheduler:
             # cannot keep the loop from firing timers.
             for _ in range(len(inbox)):
                 reconcile(inbox.popleft())
+            if self.unarmed:
+                self._arm()
             now = clock.monotonic_ns()
             expired = wheel.advance(now // tick_ns)
             if expired:
@@ -172,6 +178,8 @@ class Scheduler:
                 break
             nxt = wheel.next_tick()
             deadline = None if nxt is None else nxt * tick_ns
+            if self.unarmed and (deadline is None or self.unarmed_soonest < deadline):
+                deadline = self.unarmed_soonest
             stall_timeout = self._watch_stall() if self.watching else None
             self.wake_at = NEVER if deadline is None else deadline
             # Look again after publishing wake_at: a submission that came
@@ -182,6 +190,16 @@ class Scheduler:
             clock.wait(wake, deadline, stall_timeout)
             self.asleep = False
         self.wake_at = AWAKE
+
+    def _arm(self) -> None:
+        """File the life-span timers of tasks fired on the last turn, if still live."""
+        unarmed = self.unarmed
+        self.unarmed = []
+        self.unarmed_soonest = NEVER
+        reconcile = self._reconcile
+        for task in unarmed:
+            if task._state < ENDED:
+                reconcile(task)
 
     def _reconcile(self, task: TaskHandle) -> None:
         """Make the wheel agree with `task`'s state (scheduler thread only)."""
@@ -204,8 +222,6 @@ class Scheduler:
 
     def _fire(self, expired: list[Any], now: int) -> None:
         """Handle timers that came due: start tasks, exhaust the overdue."""
-        wheel = self.wheel
-        tick_ns = self.tick_ns
         lock = self.lock
         for start in range(0, len(expired), FIRE_CHUNK):
             chunk = expired[start : start + FIRE_CHUNK]
@@ -219,9 +235,18 @@ class Scheduler:
                         ready.append(task)
                     elif state < ENDED:
                         endings.append((task, state, self._end_locked(task, EXHAUSTED)))
-            for task in ready:
-                wheel.add(task, -(-(task._due + task._life) // tick_ns))
             if ready:
+                # Life-span timers are armed on the next turn of the loop (see
+                # _arm), and only for tasks still live then: a short task has
+                # ended by then and never costs a wheel add and remove.
+                unarmed = self.unarmed
+                soonest = self.unarmed_soonest
+                for task in ready:
+                    end = task._due + task._life
+                    if end < soonest:
+                        soonest = end
+                unarmed.extend(ready)
+                self.unarmed_soonest = soonest
                 self._dispatch(ready)
             for task, was, ending in endings:
                 self._after_end(task, was, ending)
@@ -318,15 +343,19 @@ class Scheduler:
         ctx = ending[0]
         self.inbox.append(task)  # the scheduler takes it out of the wheel
         if was == RUNNING and ctx is not None:
-            ctx._cancel()
-            if ctx.worker is not None:
-                self.pool.replace()
-            elif self.aio is not None:
-                self.aio.cancel(ctx)
+            self._after_end_running(task, ctx)
         state = task._state & ~HOOK_PENDING
         level = self.log_level
         if logger.isEnabledFor(level):
             logger.log(level, "task %s %s", safe_repr(task.id), _ENDING_NAMES[state])
+
+    def _after_end_running(self, task: TaskHandle, ctx: TaskContext) -> None:
+        """A task ended under the thread (or coroutine) running it: stop that."""
+        ctx._cancel()
+        if ctx.worker is not None:
+            self.pool.replace()
+        elif self.aio is not None:
+            self.aio.cancel(ctx)
 
     def complete(self, task: TaskHandle) -> None:
         """The ending hook is through: the handle is done; run its callbacks."""
@@ -410,9 +439,29 @@ class Scheduler:
         with self.lock:
             if task._state != RUNNING:
                 return  # ended under us: the ender ran (or runs) its hook
-            ending = self._end_locked(task, FAILED if failed else FINISHED)
+            # _end_locked(), inlined for the two endings a worker gives its
+            # own task: this runs once per executed task.
+            self.running -= 1
+            if failed:
+                task._state = FAILED | HOOK_PENDING
+                self.failed += 1
+            else:
+                task._state = FINISHED | HOOK_PENDING
+                self.finished += 1
+            tasks = self.tasks
+            if tasks.get(task_id) is task:
+                del tasks[task_id]
+            task._ctx = task._plan = None
             task._data = result
-        self._after_end(task, QUEUED, ending)
+            if self.closed and len(tasks) <= self.close_allow:
+                self.emptied.set()
+        if task._wheel_prev is not None:
+            # The scheduler takes its life-span timer out of the wheel. One
+            # not armed yet never will be (see _arm); in the rare race where
+            # the scheduler arms it right now, it is dropped when it fires.
+            self.inbox.append(task)
+        if logger.isEnabledFor(level):
+            logger.log(level, "task %s %s", safe_repr(task_id), "failed" if failed else "finished")
         if failed:
             hook = plan.on_execute_error
             self.call_hook("on_execute_error", hook, task_id, ctx, task_id, data, result, then=task)
@@ -440,13 +489,30 @@ class Scheduler:
     def drain(self, task_id: str) -> TaskHandle | None:
         """End a live task as DRAINED. Returns None if `task_id` is not live."""
         with self.lock:
-            task = self.tasks.get(task_id)
+            task = self.tasks.pop(task_id, None)
             if task is None:
                 return None
             was = task._state
-            ending = self._end_locked(task, DRAINED)
-        self._after_end(task, was, ending)
-        self.complete(task)
+            if was == RUNNING:
+                self.tasks[task_id] = task  # the general path below wants it there
+                ending = self._end_locked(task, DRAINED)
+            else:
+                # The common case, _end_locked() inlined (it runs once per drain):
+                # a pending task, no hook, no worker to free.
+                task._state = DRAINED
+                self.drained += 1
+                task._plan = task._data = None
+                if self.closed and len(self.tasks) <= self.close_allow:
+                    self.emptied.set()
+        self.inbox.append(task)  # the scheduler takes it out of the wheel
+        if was == RUNNING:
+            self._after_end_running(task, ending[0])
+            task._state = DRAINED
+        level = self.log_level
+        if logger.isEnabledFor(level):
+            logger.log(level, "task %s drained", safe_repr(task_id))
+        if task._waiters is not None:
+            self.complete(task)
         return task
 
     def rescue(self) -> list[str]:
