@@ -143,7 +143,7 @@ class TaskBucket:
             raise TypeError(f"name must be a non-empty str, got {safe_repr(name)}")
         self._default_plan = None if executor is None else HookPlan(executor)
         self._plans: dict[int, HookPlan] = {}
-        self.verbose = verbose
+        self._verbose = verbose
         self._log_level = logging.INFO if verbose else logging.DEBUG
         self._clock_ns = clock.monotonic_ns
         for arg, value, top in (("wheel_bits", wheel_bits, 16), ("wheel_levels", wheel_levels, 64)):
@@ -167,6 +167,9 @@ class TaskBucket:
         _live_cores.add(core)
         # Forgetting close() must neither leak threads nor hang the exit.
         self._finalizer = weakref.finalize(self, _close_forgotten, core)
+        # Not at interpreter exit, though: the threads are daemons, and the
+        # program's own atexit handler may still want to rescue() the tasks.
+        self._finalizer.atexit = False
 
     # -- the API ------------------------------------------------------------
 
@@ -363,6 +366,11 @@ class TaskBucket:
         return self._core.stats()
 
     @property
+    def verbose(self) -> bool:
+        """Whether lifecycle events are logged at INFO (else DEBUG). Fixed at construction."""
+        return self._verbose
+
+    @property
     def closed(self) -> bool:
         """True once close() has begun."""
         return self._core.closed
@@ -413,7 +421,7 @@ def _after_fork_in_child() -> None:
     are the parent's; the child starts its own bucket.
     """
     for core in list(_live_cores):
-        core.lock = threading.Lock()
+        core.lock = threading.RLock()
         core.closed = True
         core.stopping = True
         core.forked = True  # type: ignore[attr-defined]
@@ -422,7 +430,7 @@ def _after_fork_in_child() -> None:
         core.pool.work.clear()
         core.pool.hooks.clear()
         core.pool.threads.clear()
-        core.pool._lock = threading.Lock()
+        core.pool._lock = threading.RLock()
         core.close_done.set()
     _live_cores.clear()
 

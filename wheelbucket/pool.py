@@ -106,7 +106,7 @@ class WorkerPool:
         self.hooks: deque[Callable[[], None]] = deque()
         self.idle: deque[Worker] = deque()
         self.stopping = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant for rescue() in a signal handler
         # Invariant: threads == every started worker that has not exited;
         # active == threads - (workers stuck in user code).
         self.threads: list[Worker] = []
@@ -167,7 +167,7 @@ class WorkerPool:
         if self.stuck:
             self.replaced += 1
             logger.info(
-                "%s: %d workers are stuck in tasks that already ended; starting a "
+                "%s: %d worker(s) stuck in tasks that already ended; starting a "
                 "replacement (%d threads, at most %d)",
                 self.name,
                 self.stuck,
@@ -207,7 +207,7 @@ class WorkerPool:
                 return
             if len(self.threads) >= self.size + self.max_extra:
                 logger.warning(
-                    "%s: %d workers are stuck in tasks that already ended and the bound "
+                    "%s: %d worker(s) stuck in tasks that already ended and the bound "
                     "of %d extra threads is reached; the pool runs with %d",
                     self.name,
                     self.stuck,

@@ -1020,15 +1020,18 @@ class SharedBucket:
             raise TypeError(f"{what}: {exc}") from None
 
     def _executor_name(self, executor: object) -> str:
+        # A producer runs nothing: any name will do, some other process has it.
         if executor is None:
-            if "" not in self._wrappers:
+            if "" not in self._wrappers and not self._producer_only:
                 raise ValueError(
                     "no executor: pass executor= to SharedBucket(), or the name of one of "
                     "its executors= to fill()"
                 )
             return ""
         if isinstance(executor, str):
-            if executor not in self._wrappers or not executor:
+            if not executor or " " in executor:
+                raise ValueError(f"bad executor name {executor!r}")
+            if executor not in self._wrappers and not self._producer_only:
                 raise ValueError(f"unknown executor name {executor!r}: known are {self._names!r}")
             return executor
         for name, (wrapper, _) in self._wrappers.items():

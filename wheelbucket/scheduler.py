@@ -101,7 +101,10 @@ class Scheduler:
         self.max_bucket = max_bucket
         self.log_level = log_level
         self.name = name
-        self.lock = threading.Lock()
+        # Re-entrant, so that rescue() works from a signal handler that
+        # interrupted the main thread inside fill() or drain(): every critical
+        # section is straight-line code that another ending may safely cut.
+        self.lock = threading.RLock()
         # Invariant: tasks maps the id of every live task (state < ENDED) to
         # it, in fill order; it changes only under `lock`.
         self.tasks: dict[str, TaskHandle] = {}
@@ -532,9 +535,15 @@ class Scheduler:
         return [task.id for task, _ in taken]
 
     def drain_all(self) -> int:
+        # All at once under the lock, as rescue() does: draining one id at a
+        # time let a worker freed by an earlier drain start a queued task.
         with self.lock:
-            ids = list(self.tasks)
-        return sum(1 for task_id in ids if self.drain(task_id) is not None)
+            taken = [(task, task._state) for task in self.tasks.values()]
+            endings = [self._end_locked(task, DRAINED) for task, _ in taken]
+        for (task, was), ending in zip(taken, endings):
+            self._after_end(task, was, ending)
+            self.complete(task)  # no hook for a drain: the handle is done now
+        return len(taken)
 
     def close(self, *, wait: bool, timeout: float | None, rescue: bool, join_timeout: float) -> None:
         with self.lock:

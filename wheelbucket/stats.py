@@ -15,7 +15,7 @@ class BucketStats:
     ``filled == finished + failed + exhausted + drained + rescued + live``.
     Lateness is how long after its due time ``on_execute`` started (seconds),
     from a histogram with 1/8-octave buckets: quantiles are exact to within
-    about 9 %, ``lateness_max`` is exact.
+    12.5 % and never low, ``lateness_max`` is exact.
     """
 
     live: int

@@ -87,7 +87,7 @@ class _Waiters:
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entrant for rescue() in a signal handler
         # Invariant: None once the task has ended and its callbacks were taken.
         self.callbacks: list[Callable[[TaskHandle], object]] | None = []
 
@@ -178,7 +178,10 @@ class TaskHandle(TimerEntry):
         """Call ``fn(handle)`` exactly once, when the task ends (at once if it has).
 
         Callbacks run on the thread that ends the task; one that raises is
-        logged and counted like any hook error.
+        logged and counted in ``hook_errors`` like any hook error. A callback
+        added after the end runs at once on the calling thread; what it
+        raises is logged but not counted (an ended task no longer knows its
+        bucket).
         """
         waiters = self._ensure_waiters()
         with waiters.lock:
