@@ -101,9 +101,10 @@ class Scheduler:
         self.max_bucket = max_bucket
         self.log_level = log_level
         self.name = name
-        # Re-entrant, so that rescue() works from a signal handler that
-        # interrupted the main thread inside fill() or drain(): every critical
-        # section is straight-line code that another ending may safely cut.
+        # Re-entrant only so that rescue() can *tell* when a signal handler
+        # interrupted this very thread inside a critical section (the handler
+        # runs between two bytecodes of the interrupted code): it then raises
+        # a clear error instead of deadlocking, or cutting into half-done work.
         self.lock = threading.RLock()
         # Invariant: tasks maps the id of every live task (state < ENDED) to
         # it, in fill order; it changes only under `lock`.
@@ -520,9 +521,18 @@ class Scheduler:
 
     def rescue(self) -> list[str]:
         """End every live task as RESCUED and run its on_panic on this thread."""
+        self.check_not_interrupted("rescue")
         with self.lock:
-            taken = [(task, task._state) for task in self.tasks.values()]
-            endings = [self._end_locked(task, RESCUED) for task, _ in taken]
+            # list() is one C call, so a signal handler that rescues too (the
+            # lock is re-entrant) cannot change the map under this loop; and
+            # a task it ended already is skipped, not ended twice.
+            taken = []
+            endings = []
+            for task in list(self.tasks.values()):
+                state = task._state
+                if state < ENDED:
+                    taken.append((task, state))
+                    endings.append(self._end_locked(task, RESCUED))
         for (task, was), ending in zip(taken, endings):
             self._after_end(task, was, ending)
         for (task, _), (ctx, plan, data) in zip(taken, endings):
@@ -533,6 +543,15 @@ class Scheduler:
                 "on_panic", plan.on_panic, task.id, hook_ctx, task.id, data, then=task, wait=True
             )
         return [task.id for task, _ in taken]
+
+    def check_not_interrupted(self, what: str) -> None:
+        """Refuse to run inside a signal handler that cut into our own critical section."""
+        if self.lock._is_owned():  # type: ignore[attr-defined]
+            raise RuntimeError(
+                f"{what}() was called from a signal handler that interrupted this thread "
+                "while it held the bucket's lock (inside fill, drain or stats); raise an "
+                f"exception in the handler and call {what}() in an except or finally block"
+            )
 
     def drain_all(self) -> int:
         # All at once under the lock, as rescue() does: draining one id at a
@@ -546,6 +565,7 @@ class Scheduler:
         return len(taken)
 
     def close(self, *, wait: bool, timeout: float | None, rescue: bool, join_timeout: float) -> None:
+        self.check_not_interrupted("close")
         with self.lock:
             first = not self.closed
             self.closed = True

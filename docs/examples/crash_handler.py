@@ -22,7 +22,6 @@ class Reports(Executor):
 
 reports = Reports()
 bucket = TaskBucket(executor=reports)
-# atexit calls the last registered function first: register after creating the bucket.
 atexit.register(bucket.rescue)
 
 

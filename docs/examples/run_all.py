@@ -68,7 +68,7 @@ EXPECTED = {
         "DEBUG task 'job::3' finished",
     ],
     "overrun.py": [
-        "INFO wheelbucket: 1 workers are stuck in tasks that already ended; "
+        "INFO wheelbucket: 1 worker(s) stuck in tasks that already ended; "
         "starting a replacement (2 threads, at most 5)",
         "1 1 2",
         "task 'stubborn' was exhausted",
