@@ -234,7 +234,7 @@ class Scheduler:
             with lock:
                 for task in chunk:
                     state = task._state
-                    if state == WAITING:
+                    if state == WAITING and now < task._due + task._life:
                         task._state = QUEUED
                         ready.append(task)
                     elif state < ENDED:
@@ -419,16 +419,28 @@ class Scheduler:
 
     def execute(self, task: TaskHandle, worker: Worker | None) -> None:
         """Run `task` on this worker thread: on_execute, then its ending hook."""
-        ctx = TaskContext(task.id, task._deadline / 1e9, self.clock, worker)
+        deadline = task._due + task._life
+        ctx = TaskContext(task.id, deadline / 1e9, self.clock, worker)
         with self.lock:
             if task._state != QUEUED:
                 return  # drained, exhausted or rescued while it queued
-            task._state = RUNNING
-            self.running += 1
-            task._ctx = ctx
-            self.lateness.record(self.clock.monotonic_ns() - task._due)
-            plan = task._plan
-            data = task._data
+            now = self.clock.monotonic_ns()
+            if now >= deadline:
+                # Its life span ended while it queued, and the scheduler has
+                # not got to it yet: end it here rather than start it late.
+                ending = self._end_locked(task, EXHAUSTED)
+            else:
+                ending = None
+                task._state = RUNNING
+                self.running += 1
+                task._ctx = ctx
+                self.lateness.record(now - task._due)
+                plan = task._plan
+                data = task._data
+        if ending is not None:
+            self._after_end(task, QUEUED, ending)
+            self._exhausted_job(task, ending)()
+            return
         task_id = task.id
         level = self.log_level
         if logger.isEnabledFor(level):
