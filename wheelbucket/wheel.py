@@ -133,8 +133,9 @@ class TimingWheel:
     def next_tick(self) -> int | None:
         """The earliest tick at which `advance` has work to do, or None if empty.
 
-        It may be earlier than any deadline (a slot that only cascades), never
-        later than the earliest deadline. Runtime complexity: O(1).
+        It may be earlier than any deadline (a slot that only cascades), and
+        it is never later than ``max(now, earliest deadline)``: an entry added
+        with a deadline already past shows as `now`. Runtime complexity: O(1).
         """
         index = self._index
         return index[0] if index else None
@@ -147,7 +148,9 @@ class TimingWheel:
         A tick at or before `now` makes the entry due at the next `advance`.
         Raises ValueError if the entry is already in a wheel.
         Runtime complexity: O(1), plus O(log s) when it occupies an empty
-        slot (s = occupied slots, at most about ``levels * 2**bits``).
+        slot (s = occupied slots: at most ``2**bits`` per level, plus one per
+        top-level span in use for deadlines beyond the top level; about 600
+        with the defaults and the bucket's ten-year cap).
         """
         if entry._wheel_prev is not None:
             raise ValueError("entry is already in a wheel")
