@@ -32,7 +32,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ._log import logger, safe_repr
-from .task import FAILED, FINISHED, QUEUED, RUNNING, TaskContext, TaskHandle
+from .task import EXHAUSTED, FAILED, FINISHED, QUEUED, RUNNING, TaskContext, TaskHandle
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -310,17 +310,32 @@ class AsyncRunner:
         core = self.core
         me = asyncio.current_task()
         try:
-            ctx = TaskContext(task.id, task._deadline / 1e9, core.clock)
+            deadline = task._due + task._life
+            ctx = TaskContext(task.id, deadline / 1e9, core.clock)
             ctx._aio_task = me
             with core.lock:
                 if task._state != QUEUED:
                     return  # ended while it queued
-                task._state = RUNNING
-                core.running += 1
-                task._ctx = ctx
-                core.lateness.record(core.clock.monotonic_ns() - task._due)
-                plan = task._plan
-                data = task._data
+                now = core.clock.monotonic_ns()
+                if now >= deadline:
+                    # Its life span ended while it queued: end it, never start it.
+                    late = core._end_locked(task, EXHAUSTED)
+                else:
+                    late = None
+                    task._state = RUNNING
+                    core.running += 1
+                    task._ctx = ctx
+                    core.lateness.record(now - task._due)
+                    plan = task._plan
+                    data = task._data
+            if late is not None:
+                core._after_end(task, QUEUED, late)
+                job = core._exhausted_job(task, late)
+                if "on_task_exhausted" in late[1].async_hooks:
+                    job()  # makes the coroutine and starts it as a task here
+                else:
+                    self._to_pool(job)
+                return
             task_id = task.id
             level = core.log_level
             if logger.isEnabledFor(level):
@@ -336,12 +351,18 @@ class AsyncRunner:
             with core.lock:
                 ended_under_us = task._state != RUNNING
                 if not ended_under_us:
-                    ending = core._end_locked(task, FAILED if failed else FINISHED)
+                    core._end_locked(task, FAILED if failed else FINISHED)
                     task._data = result
             if ended_under_us:
                 self._ended_under(task, me, result, failed)
                 return
-            core._after_end(task, QUEUED, ending)
+            if task._wheel_prev is not None:
+                # Its life-span timer is armed: the scheduler takes it out (a
+                # timer armed right now is dropped when it fires; see execute()).
+                core.inbox.append(task)
+            if logger.isEnabledFor(level):
+                ended = "failed" if failed else "finished"
+                logger.log(level, "task %s %s", safe_repr(task_id), ended)
             if failed:
                 await self._end_hook(plan, "on_execute_error", task, ctx, task_id, data, result)
             else:
@@ -396,10 +417,20 @@ class AsyncRunner:
             def job() -> None:
                 core.call_hook(name, hook, task.id, *args, then=task)
 
-            if core.pool.stopping:
-                job()  # close() stops the pool: no worker would take it
-            else:
-                core.pool.submit_hook(job)
+            self._to_pool(job)
+
+    def _to_pool(self, job: Callable[[], None]) -> None:
+        """Hand a sync hook to the pool: sync user code never runs on the loop."""
+        core = self.core
+        pool = core.pool
+        if pool.stopping:
+            job()  # close() stops the pool: no worker would take it any more
+            return
+        pool.submit_hook(job)
+        if not core.watching:
+            # Queued work needs the stall watch, as in Scheduler.submit.
+            core.watching = True
+            core.wake.set()
 
     async def _shutdown(self, grace: float) -> None:
         """Wait for what is in flight, cancel what outlives `grace`, stop the loop."""

@@ -30,6 +30,7 @@ MAX_DURATION = 10 * 365.25 * 86400.0
 # Threads a stuck task may cost beyond `workers`, by default.
 EXTRA_WORKERS_PER_WORKER = 4
 
+_ceil = math.ceil
 _IMMEDIATE = TaskType.IMMEDIATE
 _TIME_BOMB = TaskType.TIME_BOMB
 _NO_PLAN: Any = None
@@ -221,12 +222,20 @@ class TaskBucket:
                 delay = self._run_after
                 life = self._bomb_life
             else:
-                delay = self._run_after if run_after is None else _duration_ns(
-                    run_after, "run_after", zero_ok=True
-                )
-                span = self._life_span if life_span is None else _duration_ns(
-                    life_span, "life_span", zero_ok=False
-                )
+                # Inline fast paths for a plain float in range (NaN fails the
+                # comparison); anything else gets _duration_ns's full checks.
+                if run_after is None:
+                    delay = self._run_after
+                elif type(run_after) is float and 0.0 <= run_after <= MAX_DURATION:
+                    delay = _ceil(run_after * 1e9)
+                else:
+                    delay = _duration_ns(run_after, "run_after", zero_ok=True)
+                if life_span is None:
+                    span = self._life_span
+                elif type(life_span) is float and 0.0 < life_span <= MAX_DURATION:
+                    span = _ceil(life_span * 1e9)
+                else:
+                    span = _duration_ns(life_span, "life_span", zero_ok=False)
                 life = span - delay
             if life <= 0:
                 raise ValueError(

@@ -114,6 +114,7 @@ class WorkerPool:
         self.stuck = 0
         self.replaced = 0
         self._serial = 0
+        self._bound_logged = False  # see _grow
 
     def submit(self, task: TaskHandle) -> None:
         """Queue `task` for a worker. Never blocks."""
@@ -160,6 +161,16 @@ class WorkerPool:
             # Workers stuck in ended tasks still count against the bound: without
             # this, every stuck task would let a submit start one more thread.
             if len(self.threads) >= self.size + self.max_extra:
+                if self.stuck and not self._bound_logged:
+                    # Once until a thread exits: the stall watch calls this every ms.
+                    self._bound_logged = True
+                    logger.warning(
+                        "%s: %d worker(s) stuck in tasks that already ended and the bound "
+                        "of %d extra threads is reached; queued work waits for one to return",
+                        self.name,
+                        self.stuck,
+                        self.max_extra,
+                    )
                 return
             self._start_locked()
 
@@ -229,6 +240,7 @@ class WorkerPool:
 
     def exited(self, worker: Worker, *, counted: bool) -> None:
         with self._lock:
+            self._bound_logged = False
             self.threads.remove(worker)
             if counted:
                 self.active -= 1

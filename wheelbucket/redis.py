@@ -82,6 +82,9 @@ _CTL_BATCH = 100
 _CTL_TTL = 3600
 # Tasks taken from dead members per heartbeat.
 _REAP_BATCH = 1000
+# A process that has not heartbeated for this share of dead_after may have
+# been presumed dead: it checks with Redis before it starts a task.
+_LEASE = 0.8
 # The life span given to a task that is already past its deadline when it
 # is claimed: it ends EXHAUSTED on the first tick of the local wheel.
 _DOOMED_SPAN = 1e-6
@@ -190,10 +193,10 @@ local function num(x) return string.format('%.0f', x) end
 _FILL = """
 local P, id, tok, own = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local key = P .. 't:' .. id
-local cur = redis.call('HGET', key, 'tok')
-if cur then return {0, cur} end
+local cur = redis.call('HMGET', key, 'tok', 'due', 'dl')
+if cur[1] then return {0, cur[1], cur[2] or '0', cur[3] or '0'} end
 local limit = tonumber(ARGV[10])
-if limit > 0 and redis.call('SCARD', P .. 'ids') >= limit then return {-1, ''} end
+if limit > 0 and redis.call('SCARD', P .. 'ids') >= limit then return {-1, '', '0', '0'} end
 local now = now_us()
 local due = num(now + tonumber(ARGV[6]))
 local dl = num(now + tonumber(ARGV[7]))
@@ -202,12 +205,15 @@ redis.call('HSET', key, 'tok', tok, 'own', own, 'typ', ARGV[5], 'due', due, 'dl'
 redis.call('SADD', P .. 'ids', id)
 redis.call('SADD', P .. 'exs', ARGV[8])
 if own == '' then
-  redis.call('ZADD', P .. 'q:' .. ARGV[8], due, id)
-  redis.call('PUBLISH', P .. 'wake', '')
+  local q = P .. 'q:' .. ARGV[8]
+  redis.call('ZADD', q, due, id)
+  -- Wake the group only for a new head: behind an older head, every member
+  -- with room was woken already, and every full one waits for room.
+  if redis.call('ZRANK', q, id) == 0 then redis.call('PUBLISH', P .. 'wake', '') end
 else
   redis.call('SADD', P .. 'by:' .. own, id)
 end
-return {1, due, dl}
+return {1, tok, due, dl}
 """
 
 # ARGV: P me n lookahead_us nctl ex...
@@ -324,6 +330,8 @@ local P, me = ARGV[1], ARGV[2]
 local now = now_us()
 local was = redis.call('ZSCORE', P .. 'm', me)
 redis.call('ZADD', P .. 'm', num(now), me)
+-- Back after being presumed dead: keep the revocation list the reaper set to expire.
+if not was then redis.call('PERSIST', P .. 'ctl:' .. me) end
 local nonce = redis.call('HGET', P .. 'meta', 'nonce')
 if not nonce then
   nonce = ARGV[3]
@@ -463,6 +471,7 @@ class _Wrapper:
         plan = HookPlan(user)
         self.user = user
         end = shared._end
+        may_start = shared._may_start
 
         if doomed:
             # A task past its life span: it must end EXHAUSTED without running.
@@ -479,7 +488,7 @@ class _Wrapper:
             async def on_execute_async(ctx: TaskContext, task_id: str, rec: _Rec) -> Any:
                 if rec.error is not None:
                     raise rec.error
-                if rec.revoked:
+                if not may_start(rec):
                     return None
                 return await user_execute(ctx, task_id, rec.data)
 
@@ -490,7 +499,7 @@ class _Wrapper:
             def on_execute(ctx: TaskContext, task_id: str, rec: _Rec) -> Any:
                 if rec.error is not None:
                     raise rec.error
-                if rec.revoked or user_sync is None:
+                if user_sync is None or not may_start(rec):
                     return None
                 return user_sync(ctx, task_id, rec.data)
 
@@ -664,8 +673,9 @@ class SharedBucket:
         self._s_leave = r.register_script(_LEAVE)
 
         # Guards _local, _inflight, _unreleased and the counters; never held
-        # across a Redis call or user code. Re-entrant: a done callback that
-        # the local bucket runs inside drain() may fill again.
+        # across a Redis call. The only user code run under it is the done
+        # callbacks the local bucket calls inside drain(): re-entrant, so that
+        # such a callback may fill or drain again.
         self._lock = threading.RLock()
         # Invariant: _local maps each id this process holds in the group to its
         #   record (see _Rec); _inflight counts fills between their Redis
@@ -684,6 +694,8 @@ class SharedBucket:
         self._nonce = ""
         self._next_claim = 0.0
         self._closed_event = threading.Event()
+        # Until then (monotonic), the group cannot have presumed us dead.
+        self._lease_until = 0.0
 
         self._filled_local = 0
         self._overflowed = 0
@@ -825,7 +837,7 @@ class SharedBucket:
                 with self._lock:
                     self._overflowed += 1
                 return None
-            rec = _Rec(task_id, token, data, typ, _text(reply[1]), _text(reply[2]), ex, payload)
+            rec = _Rec(task_id, token, data, typ, _text(reply[2]), _text(reply[3]), ex, payload)
             return self._place_filled(rec, task_type, delay, span)
         except _UNREACHABLE as exc:
             self._note_error(exc)
@@ -1065,6 +1077,7 @@ class SharedBucket:
         """Put a task just recorded in Redis as ours into the local bucket."""
         wrapper = self._wrappers[rec.ex][0]
         task_id = rec.id
+        failure: BaseException | None = None
         with self._lock:
             stale = self._local.get(task_id)
             if stale is not None:
@@ -1089,16 +1102,15 @@ class SharedBucket:
             except BucketFull:
                 del self._local[task_id]
                 handle = None
-            except BaseException:
+            except BaseException as exc:
                 del self._local[task_id]
-                failed = True
+                failure = exc
             else:
-                failed = False
                 rec.handle = handle
                 self._filled_local += 1
-        if failed:  # BucketClosed, or an id the local bucket holds outside the group
+        if failure is not None:  # BucketClosed, or an id the local bucket holds outside the group
             self._release_quietly(rec)
-            raise
+            raise failure
         if handle is not None:
             return handle
         # The local bucket filled up since we looked: hand the task to the group.
@@ -1143,6 +1155,36 @@ class SharedBucket:
             with contextlib.suppress(TaskNotFound):
                 self._bucket.drain(rec.id)
 
+    def _may_start(self, rec: _Rec) -> bool:
+        """May `rec`'s on_execute start? False if it was taken from this process.
+
+        Cheap while our heartbeats are fresh. After a pause (or while Redis
+        is unreachable) the group may have presumed us dead and taken the
+        task before we heard of it: then ask Redis (one round trip). If Redis
+        cannot answer, the task starts: availability wins, see docs/shared.md.
+        """
+        if rec.revoked:
+            return False
+        if time.monotonic() < self._lease_until or not self._online:
+            return True  # fresh; or Redis is down, we cannot know: availability wins
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hmget(self._prefix + "t:" + rec.id, "tok", "own")
+            pipe.hget(self._prefix + "meta", "nonce")
+            (tok, own), nonce = pipe.execute()
+        except _UNREACHABLE:
+            return True
+        if nonce is not None and _text(nonce) != self._nonce:
+            return True  # Redis lost the group; the pump records our tasks again
+        if tok is not None and _text(tok) == rec.token and _text(own) == self.member:
+            return True
+        with self._lock:
+            if not rec.revoked:
+                rec.revoked = True
+                self._revoked += 1
+        logger.debug("task %s was taken from this process before it started", safe_repr(rec.id))
+        return False
+
     # -- endings --------------------------------------------------------------------
 
     def _end(self, rec: _Rec, ending: str) -> bool:
@@ -1151,21 +1193,26 @@ class SharedBucket:
         Called from the wrapper's ending hooks (on a worker) and from drain.
         """
         if rec.revoked:
-            return False
-        try:
-            status = int(
-                self._s_release(
-                    args=[self._prefix, self.member, rec.id, rec.token, ending, self._ledger]
-                )
-            )
-        except _UNREACHABLE as exc:
-            # Run the hook now; tell Redis when it is back (the pump retries).
-            self._note_error(exc)
-            rec.ending = ending
             with self._lock:
-                self._unreleased.append(rec)
-            return True
-        return self._released(rec, status)
+                self._forget(rec)
+            return False
+        if self._online:
+            try:
+                status = int(
+                    self._s_release(
+                        args=[self._prefix, self.member, rec.id, rec.token, ending, self._ledger]
+                    )
+                )
+            except _UNREACHABLE as exc:
+                self._note_error(exc)
+            else:
+                return self._released(rec, status)
+        # Redis is down: run the hook now, tell Redis when it is back (the pump
+        # retries), and do not make every ending wait for a socket timeout.
+        rec.ending = ending
+        with self._lock:
+            self._unreleased.append(rec)
+        return True
 
     def _released(self, rec: _Rec, status: int) -> bool:
         if status == 0 or (status < 0 and rec.revoked):
@@ -1240,7 +1287,7 @@ class SharedBucket:
                 logger.exception("group %r: the shared-bucket pump failed", self.group)
                 self._next_claim = time.monotonic() + self._heartbeat
                 next_beat = min(next_beat, self._next_claim)
-        # Last revocations and releases before the sweep in close().
+        # Last releases before the sweep in close().
         try:
             if self._unreleased:
                 self._flush_releases()
@@ -1248,6 +1295,7 @@ class SharedBucket:
             pass
 
     def _beat(self, *, reap: bool) -> None:
+        sent = time.monotonic()
         _now_us, nonce, was = self._s_heartbeat(
             args=[self._prefix, self.member, secrets.token_hex(8)]
         )
@@ -1270,6 +1318,9 @@ class SharedBucket:
                 self.group,
                 self._dead_after,
             )
+            # Apply the revocations before the lease lets tasks start unchecked.
+            self._round()
+        self._lease_until = sent + _LEASE * self._dead_after
         if reap and time.monotonic() - self._connected_since >= self._dead_after:
             reaped, gone = self._s_reap(
                 args=[
@@ -1319,6 +1370,12 @@ class SharedBucket:
                 client=pipe,
             )
         pipe.execute()
+        # A task that ended meanwhile found no record to release: take out the
+        # one just restored for it, or it would look orphaned and run again.
+        with self._lock:
+            gone = [rec for rec in recs if self._local.get(rec.id) is not rec]
+        for rec in gone:
+            self._release_quietly(rec)
 
     def _flush_releases(self) -> None:
         with self._lock:
@@ -1395,11 +1452,17 @@ class SharedBucket:
     def _apply_revocations(self, ctl: list[Any]) -> None:
         entries = [_text(e) for e in ctl]
         with self._lock:
+            taken = []
             for entry in entries:
                 token, _, task_id = entry.partition(" ")
                 rec = self._local.get(task_id)
                 if rec is not None and rec.token == token and not rec.revoked:
-                    self._drop_revoked(rec)
+                    # All flagged before any is dropped: cancelling a running
+                    # one frees a worker, which must not start another of them.
+                    rec.revoked = True
+                    taken.append(rec)
+            for rec in taken:
+                self._drop_revoked(rec)
         # Only now, so that a release racing with this finds either the entry
         # or the revoked flag.
         pipe = self._redis.pipeline(transaction=False)

@@ -571,7 +571,7 @@ class Scheduler:
         with self.lock:
             taken = [(task, task._state) for task in self.tasks.values()]
             endings = [self._end_locked(task, DRAINED) for task, _ in taken]
-        for (task, was), ending in zip(taken, endings):
+        for (task, was), ending in zip(taken, endings, strict=True):
             self._after_end(task, was, ending)
             self.complete(task)  # no hook for a drain: the handle is done now
         return len(taken)

@@ -1,0 +1,1 @@
+"""wheelbucket's benchmark harness: `python -m bench` (see bench/README.md)."""
