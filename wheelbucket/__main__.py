@@ -93,7 +93,9 @@ def demo(total: int = 100_000, seed: int = 7) -> int:
         reporter.join()
         print(_line(bucket, started), flush=True)
         stats = bucket.stats()
-    print(f"filled {total:,} tasks in {fill_time:.2f} s ({fill_time / total * 1e6:.2f} µs per fill)")
+    print(
+        f"filled {total:,} tasks in {fill_time:.2f} s ({fill_time / total * 1e6:.2f} µs per fill)"
+    )
     print()
     width = max(len(name) for name in stats.__dataclass_fields__)
     for name in stats.__dataclass_fields__:

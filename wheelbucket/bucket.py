@@ -53,7 +53,9 @@ def _duration_ns(value: object, name: str, *, zero_ok: bool) -> int:
         bound = ">= 0" if zero_ok else "> 0"
         raise ValueError(f"{name} must be {bound} seconds, got {seconds!r}")
     if seconds > MAX_DURATION:
-        raise ValueError(f"{name} must be at most ten years ({MAX_DURATION:.0f} s), got {seconds!r}")
+        raise ValueError(
+            f"{name} must be at most ten years ({MAX_DURATION:.0f} s), got {seconds!r}"
+        )
     if isinstance(seconds, int):
         return seconds * 1_000_000_000
     return math.ceil(seconds * 1e9)
@@ -211,9 +213,7 @@ class TaskBucket:
         if executor is None:
             plan = self._default_plan
             if plan is None:
-                raise ValueError(
-                    "no executor: pass executor= to fill() or to TaskBucket()"
-                )
+                raise ValueError("no executor: pass executor= to fill() or to TaskBucket()")
         else:
             plan = self._plan_for(executor)
         now = self._clock_ns()
@@ -248,8 +248,10 @@ class TaskBucket:
         elif task_type is _IMMEDIATE:
             if run_after is not None:
                 _duration_ns(run_after, "run_after", zero_ok=True)  # still check it
-            life = self._life_span if life_span is None else _duration_ns(
-                life_span, "life_span", zero_ok=False
+            life = (
+                self._life_span
+                if life_span is None
+                else _duration_ns(life_span, "life_span", zero_ok=False)
             )
             state = QUEUED
             due = now
@@ -319,7 +321,9 @@ class TaskBucket:
         """
         return self._core.rescue()
 
-    def close(self, *, wait: bool = True, timeout: float | None = None, rescue: bool = False) -> None:
+    def close(
+        self, *, wait: bool = True, timeout: float | None = None, rescue: bool = False
+    ) -> None:
         """Stop the bucket. Idempotent.
 
         New fills are refused at once. With `wait`, live tasks may end

@@ -30,10 +30,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Worker", "WorkerPool"]
 
+
 class Worker:
     """One pool thread."""
 
-    __slots__ = ("busy", "in_idle", "pool", "stuck", "thread", "_park")
+    __slots__ = ("_park", "busy", "in_idle", "pool", "stuck", "thread")
 
     def __init__(self, pool: WorkerPool, name: str) -> None:
         self.pool = pool
@@ -49,7 +50,9 @@ class Worker:
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def unpark(self) -> None:
-        try:
+        # Not contextlib.suppress: this runs on every wake-up, and the context
+        # manager costs more than the release itself.
+        try:  # noqa: SIM105
             self._park.release()
         except RuntimeError:  # already unparked: it will find the work anyway
             pass
@@ -275,4 +278,3 @@ class WorkerPool:
             "work": len(self.work),
             "hooks": len(self.hooks),
         }
-

@@ -44,7 +44,6 @@ from .task import (
     TaskContext,
     TaskHandle,
     TaskState,
-    _call_done_callback,
 )
 from .wheel import TimingWheel
 
@@ -365,9 +364,10 @@ class Scheduler:
         """The ending hook is through: the handle is done; run its callbacks."""
         task._state &= ~HOOK_PENDING
         for fn in task._release_waiters():
+            # One try per callback: one that raises must not keep the next from running.
             try:
                 fn(task)
-            except BaseException as exc:  # as call_hook: a KeyboardInterrupt must not kill a worker
+            except BaseException as exc:  # noqa: PERF203 - KeyboardInterrupt must not kill a worker
                 self._hook_failed("done callback", task.id, exc)
 
     def call_hook(
@@ -545,9 +545,9 @@ class Scheduler:
                 if state < ENDED:
                     taken.append((task, state))
                     endings.append(self._end_locked(task, RESCUED))
-        for (task, was), ending in zip(taken, endings):
+        for (task, was), ending in zip(taken, endings, strict=True):
             self._after_end(task, was, ending)
-        for (task, _), (ctx, plan, data) in zip(taken, endings):
+        for (task, _), (ctx, plan, data) in zip(taken, endings, strict=True):
             hook_ctx = ctx if ctx is not None else self._dead_ctx(task)
             # wait: rescue() returns after every on_panic, async ones included
             # (but on the loop thread, which cannot wait for itself).
@@ -576,7 +576,9 @@ class Scheduler:
             self.complete(task)  # no hook for a drain: the handle is done now
         return len(taken)
 
-    def close(self, *, wait: bool, timeout: float | None, rescue: bool, join_timeout: float) -> None:
+    def close(
+        self, *, wait: bool, timeout: float | None, rescue: bool, join_timeout: float
+    ) -> None:
         self.check_not_interrupted("close")
         with self.lock:
             first = not self.closed

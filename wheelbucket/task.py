@@ -21,6 +21,7 @@ from .wheel import TimerEntry
 
 if TYPE_CHECKING:
     from .clock import Clock
+    from .pool import Worker
 
 __all__ = ["TaskContext", "TaskHandle", "TaskState", "TaskType"]
 
@@ -281,7 +282,9 @@ class TaskContext:
 
     __slots__ = ("_aio_task", "_cancelled", "_clock", "_wake", "deadline", "task_id", "worker")
 
-    def __init__(self, task_id: str, deadline: float, clock: Clock, worker: object = None):
+    def __init__(
+        self, task_id: str, deadline: float, clock: Clock, worker: Worker | None = None
+    ) -> None:
         self.task_id = task_id
         #: Monotonic time (seconds) at which the task's life span ends.
         self.deadline = deadline
