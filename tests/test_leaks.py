@@ -288,14 +288,6 @@ def test_an_ended_task_keeps_nothing_once_its_handle_is_dropped(
     assert _handles_of("task") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "TaskBucket._plan_for (bucket.py) caches the HookPlan of up to 256 per-fill "
-        "executors by id(), and the plan holds the executor: an executor passed to fill() "
-        "stays alive after its task ended, until 256 others evict it or the bucket goes"
-    ),
-)
 @pytest.mark.parametrize(("ending", "mode", "task_type"), ENDINGS[:2], ids=["finish", "fail"])
 def test_a_per_fill_executor_is_let_go_when_its_task_ends(
     ending: str, mode: str, task_type: TaskType, leak_bucket: TaskBucket, fake_clock: FakeClock

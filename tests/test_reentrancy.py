@@ -448,14 +448,6 @@ def test_close_from_a_hook_waits_for_a_task_running_on_another_worker(
     check_invariants(rbucket.stats())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "close() from a hook on the only worker blocks that worker while it waits, so a task "
-        "that comes due meanwhile cannot run: it ends EXHAUSTED at its life span instead "
-        "(scheduler.py Scheduler.close/_wait_empty; the pool does not lend a thread)"
-    ),
-)
 def test_close_from_the_only_workers_hook_lets_due_tasks_run(fake_clock: FakeClock) -> None:
     rex = Reentrant()
     with TaskBucket(executor=rex, clock=fake_clock, workers=1, life_span=LIFE) as bucket:

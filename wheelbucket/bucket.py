@@ -145,7 +145,9 @@ class TaskBucket:
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, got {safe_repr(name)}")
         self._default_plan = None if executor is None else HookPlan(executor)
-        self._plans: dict[int, HookPlan] = {}
+        # Plans of per-fill executors, by id(executor), held weakly: a plan lives
+        # as long as a task uses it, and so does its executor, no longer.
+        self._plans: weakref.WeakValueDictionary[int, HookPlan] = weakref.WeakValueDictionary()
         self._verbose = verbose
         self._log_level = logging.INFO if verbose else logging.DEBUG
         self._clock_ns = clock.monotonic_ns
@@ -401,8 +403,6 @@ class TaskBucket:
         plan = self._plans.get(key)
         if plan is None or plan.executor is not executor:
             plan = HookPlan(executor)
-            if len(self._plans) >= 256:
-                self._plans.clear()
             # The plan holds the executor, so its id cannot be reused while cached.
             self._plans[key] = plan
         return plan

@@ -70,6 +70,7 @@ class HookPlan:
     """An executor resolved: bound hooks (None when absent) and which are async."""
 
     __slots__ = (
+        "__weakref__",
         "async_hooks",
         "executor",
         "is_async",

@@ -625,6 +625,7 @@ class Scheduler:
 
     def _wait_empty(self, timeout: float | None) -> None:
         current = threading.current_thread()
+        me: Worker | None = None
         # On the event loop thread no async task can move while close() blocks.
         on_loop = self.aio is not None and current is self.aio.thread
         with self.lock:
@@ -642,6 +643,13 @@ class Scheduler:
             if len(self.tasks) <= self.close_allow:
                 return
             self.emptied.clear()
+            # A worker that waits here is as good as stuck: lend its place, so
+            # that tasks coming due meanwhile still find a thread to run on.
+            me = next((w for w in self.pool.threads if w.thread is current), None)
+            if me is not None:
+                self.pool.flag_stuck(me)
+        if me is not None:
+            self.pool.replace()
         clock = self.clock
         deadline = None if timeout is None else clock.monotonic_ns() + round(timeout * 1e9)
         while len(self.tasks) > self.close_allow:
