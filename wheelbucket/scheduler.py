@@ -163,6 +163,8 @@ class Scheduler:
         tick_ns = self.tick_ns
         wake = self.wake
         reconcile = self._reconcile
+        wheel_add = wheel.add
+        task: TaskHandle | None = None
         # This 'while' loop right here is the scheduler.
         while True:
             self.wake_at = AWAKE
@@ -170,7 +172,19 @@ class Scheduler:
             # Apply what callers submitted; a bounded batch, so producers
             # cannot keep the loop from firing timers.
             for _ in range(len(inbox)):
-                reconcile(inbox.popleft())
+                task = inbox.popleft()
+                if task._state == WAITING and task._wheel_prev is None:
+                    # _reconcile() inlined for its common case, a new TIME_BOMB
+                    # (this runs once per fill): file it at its due tick.
+                    tick = -(-task._due // tick_ns)
+                    if tick == self._last_tick:
+                        tick = self._last_tick
+                    else:
+                        self._last_tick = tick
+                    wheel_add(task, tick)
+                else:
+                    reconcile(task)
+            task = None  # sleep holding no handle
             if self.unarmed:
                 self._arm()
             now = clock.monotonic_ns()
