@@ -731,7 +731,7 @@ class BucketLifecycle(RuleBasedStateMachine):
 
 
 BucketLifecycle.TestCase.settings = settings(
-    max_examples=200,
+    max_examples=300,
     stateful_step_count=40,
     deadline=None,  # steps wait for real threads
     suppress_health_check=[HealthCheck.too_slow],
