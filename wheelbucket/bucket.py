@@ -18,7 +18,7 @@ from ._log import logger, safe_repr
 from .clock import Clock, MonotonicClock
 from .errors import BucketClosed, BucketFull, TaskExists, TaskNotFound
 from .executor import HookPlan
-from .scheduler import INBOX_BATCH, Scheduler
+from .scheduler import INBOX_BATCH, Scheduler, take
 from .stats import BucketStats
 from .task import QUEUED, WAITING, TaskHandle, TaskType
 
@@ -266,7 +266,8 @@ class TaskBucket:
         task = TaskHandle(task_id, data, plan, state, due, life)
         core = self._core
         tasks = core.tasks
-        with core.lock:
+        take(core.lock)
+        try:
             if core.closed:
                 raise BucketClosed(f"bucket is closed: cannot fill {safe_repr(task_id)}")
             if task_id in tasks:
@@ -280,6 +281,8 @@ class TaskBucket:
                 )
             tasks[task_id] = task
             core.filled += 1
+        finally:
+            core.lock.release()
         # Logged before the hand-off, so "filled" never follows "executing".
         level = self._log_level
         if logger.isEnabledFor(level):

@@ -57,9 +57,12 @@ NEVER = 1 << 62
 # Wake the scheduler once this many submissions wait, so the inbox (and the
 # time it takes to apply) stays bounded even when no deadline is near.
 INBOX_BATCH = 4096
-# A queue head that has not moved for this long means the awake workers
-# are blocked: wake one more (see Scheduler._watch_stall).
-STALL_NS = 1_000_000
+# A queue head that has not moved for this long, while the process stayed
+# mostly idle, means the awake workers are blocked: wake one more (see
+# Scheduler._watch_stall).
+STALL_NS = 2_000_000
+# How often take() yields the GIL to the lock's holder before it blocks.
+POLITE_TRIES = 100
 # Fired timers are handled under the lock in chunks of this size, so a
 # storm never holds the lock long enough to stall a caller of fill.
 FIRE_CHUNK = 512
@@ -71,6 +74,27 @@ _ENDING_NAMES = {
     DRAINED: "drained",
     RESCUED: "rescued",
 }
+
+
+def take(lock: threading.RLock) -> None:
+    """Acquire the bucket's lock without joining a lock convoy.
+
+    A thread that blocks in ``lock.acquire()`` is woken, on the other core,
+    owning the lock, and then waits for the GIL; the GIL's holder soon wants
+    the lock back and blocks in turn. Two threads that take the lock often
+    (a caller filling, a worker finishing tasks) then switch on every single
+    operation: a storm of a million timers made 1.3 million context switches.
+    So this never blocks at first: the holder was only preempted inside its
+    few bytecodes, and giving it the GIL with ``sleep(0)`` lets it finish.
+    """
+    if lock.acquire(False):
+        return
+    sleep = time.sleep
+    for _ in range(POLITE_TRIES):
+        sleep(0)
+        if lock.acquire(False):
+            return
+    lock.acquire()  # held for long after all (it never is across user code)
 
 
 def log_hook_error(name: str, task_id: str, exc: BaseException) -> None:
@@ -146,6 +170,7 @@ class Scheduler:
         self.watching = False
         self.stall_head: object = None
         self.stall_since = 0
+        self.stall_cpu = 0
         self.thread = threading.Thread(target=self._run, name=f"{name}-scheduler", daemon=True)
 
     def start(self) -> None:
@@ -290,14 +315,20 @@ class Scheduler:
             self.watching = True
 
     def _watch_stall(self) -> float | None:
-        """One more worker when the head of the work queue has not moved for STALL_NS.
+        """One more worker when the work queue is stuck and the process is idle.
 
         Tasks that block (I/O, sleep, waiting on a lock) release the GIL, and
-        then more threads do help: this is how the pool finds out. While work
-        is queued the scheduler wakes every STALL_NS to look; with nothing
-        queued it does not. Thread progress is a matter of real time, so this
-        reads the real monotonic clock even when the bucket runs on a fake
-        one. Returns the real seconds to sleep at most, or None.
+        then more threads do help: this is how the pool finds out. The head
+        of the queue not moving for STALL_NS is not enough, since a worker
+        that merely waits for the GIL (say, while another thread fills
+        timers) does not move it either, and waking more threads then only
+        lengthens the queue for the GIL: a storm of a million timers tripled
+        its CPU time that way. So a worker is added only if, meanwhile, the
+        process used less than half a core: its threads are blocked, not busy.
+        While work is queued the scheduler wakes every STALL_NS to look; with
+        nothing queued it does not. Thread progress is a matter of real time,
+        so this reads the real clocks even when the bucket runs on a fake one.
+        Returns the real seconds to sleep at most, or None.
         """
         now = time.monotonic_ns()
         pool = self.pool
@@ -314,9 +345,13 @@ class Scheduler:
         if head is not self.stall_head:
             self.stall_head = head
             self.stall_since = now
+            self.stall_cpu = time.process_time_ns()
         elif now - self.stall_since >= STALL_NS:
-            pool.add_worker()
+            cpu = time.process_time_ns()
+            if (cpu - self.stall_cpu) * 2 < now - self.stall_since:
+                pool.add_worker()
             self.stall_since = now
+            self.stall_cpu = cpu
         return max(0.0, (self.stall_since + STALL_NS - now) / 1e9)
 
     # -- lifecycle: every state change goes through here ------------------
@@ -435,7 +470,8 @@ class Scheduler:
         """Run `task` on this worker thread: on_execute, then its ending hook."""
         deadline = task._due + task._life
         ctx = TaskContext(task.id, deadline / 1e9, self.clock, worker)
-        with self.lock:
+        take(self.lock)
+        try:
             if task._state != QUEUED:
                 return  # drained, exhausted or rescued while it queued
             now = self.clock.monotonic_ns()
@@ -451,6 +487,8 @@ class Scheduler:
                 self.lateness.record(now - task._due)
                 plan = task._plan
                 data = task._data
+        finally:
+            self.lock.release()
         if ending is not None:
             self._after_end(task, QUEUED, ending)
             self._exhausted_job(task, ending)()
@@ -466,7 +504,8 @@ class Scheduler:
         except BaseException as exc:
             result = exc
             failed = True
-        with self.lock:
+        take(self.lock)
+        try:
             if task._state != RUNNING:
                 return  # ended under us: the ender ran (or runs) its hook
             # _end_locked(), inlined for the two endings a worker gives its
@@ -485,6 +524,8 @@ class Scheduler:
             task._data = result
             if self.closed and len(tasks) <= self.close_allow:
                 self.emptied.set()
+        finally:
+            self.lock.release()
         if task._wheel_prev is not None:
             # The scheduler takes its life-span timer out of the wheel. One
             # not armed yet never will be (see _arm); in the rare race where
@@ -518,7 +559,8 @@ class Scheduler:
 
     def drain(self, task_id: str) -> TaskHandle | None:
         """End a live task as DRAINED. Returns None if `task_id` is not live."""
-        with self.lock:
+        take(self.lock)
+        try:
             task = self.tasks.pop(task_id, None)
             if task is None:
                 return None
@@ -534,6 +576,8 @@ class Scheduler:
                 task._plan = task._data = None
                 if self.closed and len(self.tasks) <= self.close_allow:
                     self.emptied.set()
+        finally:
+            self.lock.release()
         self.inbox.append(task)  # the scheduler takes it out of the wheel
         if was == RUNNING:
             self._after_end_running(task, ending[0])
