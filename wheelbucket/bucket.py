@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -18,7 +19,7 @@ from ._log import logger, safe_repr
 from .clock import Clock, MonotonicClock
 from .errors import BucketClosed, BucketFull, TaskExists, TaskNotFound
 from .executor import HookPlan
-from .scheduler import INBOX_BATCH, Scheduler, take
+from .scheduler import AWAKE, INBOX_BATCH, Scheduler, take
 from .stats import BucketStats
 from .task import QUEUED, WAITING, TaskHandle, TaskType
 
@@ -31,6 +32,9 @@ MAX_DURATION = 10 * 365.25 * 86400.0
 EXTRA_WORKERS_PER_WORKER = 4
 
 _ceil = math.ceil
+_sleep = time.sleep
+# Fired tasks waiting for a worker past which fill() yields the GIL once.
+FILL_YIELD_BACKLOG = 256
 _IMMEDIATE = TaskType.IMMEDIATE
 _TIME_BOMB = TaskType.TIME_BOMB
 _NO_PLAN: Any = None
@@ -298,6 +302,12 @@ class TaskBucket:
                 core.wake.set()
         else:
             core.submit(task, wake_for)
+        if core.wake_at == AWAKE or len(core.pool.work) > FILL_YIELD_BACKLOG:
+            # Due timers first: the scheduler is at work, or fired tasks wait
+            # for a worker, and under the GIL they only run while this thread
+            # does not. Give up the GIL once (never a wait on a lock or a
+            # task), else a program filling flat out starves its own timers.
+            _sleep(0)
         return task
 
     def drain(self, task_id: str) -> None:
