@@ -33,8 +33,9 @@ EXTRA_WORKERS_PER_WORKER = 4
 
 _ceil = math.ceil
 _sleep = time.sleep
-# Fired tasks waiting for a worker past which fill() yields the GIL once.
-FILL_YIELD_BACKLOG = 256
+# How late the scheduler or the oldest queued task may be before fill()
+# yields the GIL to them (see the end of TaskBucket.fill).
+STARVED_NS = 2_000_000
 _IMMEDIATE = TaskType.IMMEDIATE
 _TIME_BOMB = TaskType.TIME_BOMB
 _NO_PLAN: Any = None
@@ -302,12 +303,22 @@ class TaskBucket:
                 core.wake.set()
         else:
             core.submit(task, wake_for)
-        if core.wake_at == AWAKE or len(core.pool.work) > FILL_YIELD_BACKLOG:
-            # Due timers first: the scheduler is at work, or fired tasks wait
-            # for a worker, and under the GIL they only run while this thread
-            # does not. Give up the GIL once (never a wait on a lock or a
-            # task), else a program filling flat out starves its own timers.
+        # Due work first. Under the GIL the scheduler and the workers only run
+        # while this thread does not, so a program that fills flat out starves
+        # its own timers. When the scheduler oversleeps its deadline, or the
+        # oldest task queued for a worker is late, give up the GIL once: never
+        # a wait on a lock or a task, at most one thread switch.
+        late = now - STARVED_NS
+        if AWAKE < core.wake_at < late:
             _sleep(0)
+        else:
+            work = core.pool.work
+            if work:
+                try:
+                    if work[0]._due < late:
+                        _sleep(0)
+                except IndexError:  # a worker took it meanwhile
+                    pass
         return task
 
     def drain(self, task_id: str) -> None:

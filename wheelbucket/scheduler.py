@@ -162,6 +162,8 @@ class Scheduler:
         self.running = 0
         self.lateness = LatenessHistogram()
         self._last_tick = 0
+        # When the current turn of the loop began (see TaskBucket.fill's yield).
+        self.turn_start = 0
         # Tasks fired on the last turn whose life-span timer is not filed yet,
         # and the earliest of their deadlines (see _arm).
         self.unarmed: list[TaskHandle] = []
@@ -192,6 +194,7 @@ class Scheduler:
         task: TaskHandle | None = None
         # This 'while' loop right here is the scheduler.
         while True:
+            self.turn_start = clock.monotonic_ns()
             self.wake_at = AWAKE
             wake.clear()
             # Apply what callers submitted; a bounded batch, so producers
