@@ -330,6 +330,8 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], plots: list[str]) ->
         "",
         "## Goals (issue 3), checked in this run",
         "",
+        "Why each figure is met or missed, and by how much: [analysis.md](analysis.md).",
+        "",
     ]
     lines += _table(["figure", "goal", "wheelbucket", "reference peer", "verdict"], goals(summary))
     lines.append("")
