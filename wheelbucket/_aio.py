@@ -32,7 +32,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ._log import logger, safe_repr
-from .task import EXHAUSTED, FAILED, FINISHED, QUEUED, RUNNING, TaskContext, TaskHandle
+from .task import FAILED, FINISHED, QUEUED, RUNNING, TaskContext, TaskHandle
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -310,26 +310,13 @@ class AsyncRunner:
         core = self.core
         me = asyncio.current_task()
         try:
-            deadline = task._due + task._life
-            ctx = TaskContext(task.id, deadline / 1e9, core.clock)
+            ctx = TaskContext(task.id, (task._due + task._life) / 1e9, core.clock)
             ctx._aio_task = me
-            with core.lock:
-                if task._state != QUEUED:
-                    return  # ended while it queued
-                now = core.clock.monotonic_ns()
-                if now >= deadline:
-                    # Its life span ended while it queued: end it, never start it.
-                    late = core._end_locked(task, EXHAUSTED)
-                else:
-                    late = None
-                    task._state = RUNNING
-                    core.running += 1
-                    task._ctx = ctx
-                    core.lateness.record(now - task._due)
-                    plan = task._plan
-                    data = task._data
+            begun = core.begin(task, ctx)
+            if begun is None:
+                return  # ended while it queued
+            plan, data, late = begun
             if late is not None:
-                core._after_end(task, QUEUED, late)
                 job = core._exhausted_job(task, late)
                 if "on_task_exhausted" in late[1].async_hooks:
                     job()  # makes the coroutine and starts it as a task here

@@ -20,6 +20,7 @@ each task gets exactly one ending and one hook.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections import deque
@@ -43,7 +44,6 @@ from .task import (
     WAITING,
     TaskContext,
     TaskHandle,
-    TaskState,
 )
 from .wheel import TimingWheel
 
@@ -440,7 +440,7 @@ class Scheduler:
         if hook is not None:
             try:
                 result = hook(*args)
-                if result is not None and _is_coroutine(result):
+                if result is not None and inspect.iscoroutine(result):
                     self._aio().run_hook(result, name, task_id, then, wait=wait)
                     return
             except BaseException as exc:  # KeyboardInterrupt, SystemExit from user code too
@@ -469,32 +469,41 @@ class Scheduler:
         ctx._cancelled = True
         return ctx
 
-    def execute(self, task: TaskHandle, worker: Worker | None) -> None:
-        """Run `task` on this worker thread: on_execute, then its ending hook."""
-        deadline = task._due + task._life
-        ctx = TaskContext(task.id, deadline / 1e9, self.clock, worker)
+    def begin(self, task: TaskHandle, ctx: TaskContext) -> tuple[Any, Any, Any] | None:
+        """Claim a queued task for its on_execute: the one place a task starts.
+
+        Returns None if it ended while it queued; ``(None, None, ending)`` if
+        its life span ended while it queued (it is EXHAUSTED now, and the
+        caller runs the ending's hook: it never starts late); else
+        ``(plan, data, None)`` with the task RUNNING under `ctx`.
+        """
         take(self.lock)
         try:
             if task._state != QUEUED:
-                return  # drained, exhausted or rescued while it queued
+                return None
             now = self.clock.monotonic_ns()
-            if now >= deadline:
-                # Its life span ended while it queued, and the scheduler has
-                # not got to it yet: end it here rather than start it late.
+            if now >= task._due + task._life:
                 ending = self._end_locked(task, EXHAUSTED)
             else:
-                ending = None
                 task._state = RUNNING
                 self.running += 1
                 task._ctx = ctx
                 self.lateness.record(now - task._due)
-                plan = task._plan
-                data = task._data
+                return task._plan, task._data, None
         finally:
             self.lock.release()
-        if ending is not None:
-            self._after_end(task, QUEUED, ending)
-            self._exhausted_job(task, ending)()
+        self._after_end(task, QUEUED, ending)
+        return None, None, ending
+
+    def execute(self, task: TaskHandle, worker: Worker | None) -> None:
+        """Run `task` on this worker thread: on_execute, then its ending hook."""
+        ctx = TaskContext(task.id, (task._due + task._life) / 1e9, self.clock, worker)
+        begun = self.begin(task, ctx)
+        if begun is None:
+            return  # drained, exhausted or rescued while it queued
+        plan, data, late = begun
+        if late is not None:
+            self._exhausted_job(task, late)()
             return
         task_id = task.id
         level = self.log_level
@@ -780,18 +789,9 @@ class Scheduler:
             f"aio_inflight={None if self.aio is None else self.aio.inflight}"
         )
 
-    def state_of(self, task: TaskHandle) -> TaskState:
-        return task.state
-
 
 def _runs_async(task: TaskHandle) -> bool:
     """`task` has an async on_execute. Read without the lock: a task that ended
     since it was queued has no plan any more, and the pool's execute() drops it."""
     plan = task._plan
     return plan is not None and bool(plan.is_async)
-
-
-def _is_coroutine(obj: object) -> bool:
-    import inspect
-
-    return inspect.iscoroutine(obj)

@@ -155,8 +155,7 @@ class TimingWheel:
         if entry._wheel_prev is not None:
             raise ValueError("entry is already in a wheel")
         entry._wheel_tick = tick
-        # _file(), inlined: add() runs once per fill, and the call costs more
-        # than the body.
+        # The slot rule lives here only; cascades go through here too (_file).
         now = self._now
         if tick <= now:
             key = now
@@ -248,24 +247,12 @@ class TimingWheel:
     # -- internals ---------------------------------------------------------
 
     def _file(self, entry: TimerEntry, tick: int) -> None:
-        """Link `entry` into the slot its tick belongs to, relative to now."""
-        now = self._now
-        if tick <= now:
-            key = now
-        else:
-            width = (now ^ tick).bit_length()
-            shift = self._shift_for[width] if width < 129 else self._shift_for[128]
-            key = tick >> shift << shift
-        head = self._slots.get(key)
-        if head is None:
-            head = self._slots[key] = _Slot(key)
-            self._index.add(key)
-        tail = head._wheel_prev
-        assert tail is not None
-        entry._wheel_prev = tail
-        entry._wheel_next = head
-        tail._wheel_next = entry
-        head._wheel_prev = entry
+        """File again an entry that `advance` took out of a due slot (a cascade)."""
+        # Its links are stale (the whole slot was taken out) and it was
+        # counted already: add() links it relative to the new now.
+        entry._wheel_prev = None
+        self._count -= 1
+        self.add(entry, tick)
 
     def _check(self) -> None:
         """Assert every invariant. Runtime complexity: O(n). For tests."""
