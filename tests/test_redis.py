@@ -279,6 +279,8 @@ def test_the_group_record_lives_exactly_as_long_as_the_task(
     assert shared.group_info().live == 1
     rec.release.set()
     wait_for(lambda: shared.group_info().live == 0, what="the release")
+    # The group's record is released before the ending hook runs: wait for it.
+    wait_for(lambda: len(rec.hooks("blocker")) >= 2, what="the ending hook")
     assert rec.hooks("blocker") == ["execute", "finish"]
 
 
@@ -706,6 +708,8 @@ def test_a_redis_that_lost_its_data_gets_the_local_tasks_back(
         b.fill(IMMEDIATE, "kept")  # unique across the group again
     rec.release.set()
     wait_for(lambda: a.group_info().live == 0, what="the release")
+    # The group's record is released before the ending hook runs: wait for it.
+    wait_for(lambda: len(rec.hooks("kept")) >= 2, what="the ending hook")
     assert rec.hooks("kept") == ["execute", "finish"]
 
 
