@@ -279,6 +279,22 @@ def test_life_span_must_exceed_run_after_for_a_time_bomb(populated: TaskBucket) 
     assert _snapshot(populated) == before
 
 
+def test_a_bad_duration_is_refused_even_right_after_a_good_one(populated: TaskBucket) -> None:
+    # fill() remembers the last good (run_after, life_span) objects; a value
+    # equal to them but of a refused type, or a bad pair sharing one of
+    # them, must still be refused.
+    one, two = 1, 2.0
+    populated.fill(TaskType.TIME_BOMB, "good", run_after=one, life_span=two)
+    before = _snapshot(populated)
+    with pytest.raises(TypeError):
+        populated.fill(TaskType.TIME_BOMB, "new", run_after=True, life_span=two)
+    with pytest.raises(ValueError, match=r"life_span.*run_after"):
+        populated.fill(TaskType.TIME_BOMB, "new", run_after=one, life_span=one)
+    with pytest.raises(ValueError, match=r"life_span.*run_after"):
+        populated.fill(TaskType.TIME_BOMB, "new", run_after=two, life_span=two)
+    assert _snapshot(populated) == before
+
+
 def test_immediate_task_still_checks_run_after(populated: TaskBucket) -> None:
     before = _snapshot(populated)
     with pytest.raises(ValueError, match="run_after"):

@@ -244,6 +244,39 @@ def test_ctx_time_follows_the_bucket_clock_only(
     assert chaos.library_callers == []
 
 
+def test_alternating_durations_each_keep_their_own_schedule(fake_clock: FakeClock) -> None:
+    # fill() reuses the conversion of the last (run_after, life_span) pair;
+    # switching pairs back and forth must never hand a task another's times.
+    started: dict[str, int] = {}
+
+    def record(ctx: TaskContext, task_id: str, data: Any) -> None:
+        started[task_id] = fake_clock.monotonic_ns()
+
+    pairs = [(0.003, 0.010), (0.007, 0.009), (0.003, 0.004), (0.005, 0.010)]
+    with TaskBucket(executor=record, clock=fake_clock) as bucket:
+        handles = {}
+        for i in range(12):
+            run_after, life_span = pairs[i % len(pairs)]
+            handles[f"t{i}"] = bucket.fill(
+                TaskType.TIME_BOMB, f"t{i}", run_after=run_after, life_span=life_span
+            )
+        start = fake_clock.monotonic_ns()
+        for _ in range(12):
+            fake_clock.advance(0.001)
+            settle(bucket)
+        for i in range(12):
+            run_after, life_span = pairs[i % len(pairs)]
+            assert started[f"t{i}"] - start == round(run_after * 1e9)
+            assert handles[f"t{i}"]._life == math.ceil(life_span * 1e9) - math.ceil(run_after * 1e9)
+        # Tasks filled one after another with the same pair share one int.
+        run_after, life_span = pairs[0]
+        a = bucket.fill(TaskType.TIME_BOMB, "a", run_after=run_after, life_span=life_span)
+        b = bucket.fill(TaskType.TIME_BOMB, "b", run_after=run_after, life_span=life_span)
+        assert a._life is b._life
+        bucket.drain("a")
+        bucket.drain("b")
+
+
 def test_the_fake_clock_never_goes_backwards(fake_clock: FakeClock) -> None:
     before = fake_clock.monotonic_ns()
     for bad in (-1.0, -1e-9, float("nan")):

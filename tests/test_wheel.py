@@ -221,6 +221,32 @@ def test_adding_an_entry_twice_raises_value_error_and_changes_nothing() -> None:
     assert wheel.advance(10) == [job]
 
 
+def test_add_many_files_in_order_like_repeated_add() -> None:
+    wheel = TimingWheel(bits=2, levels=3)
+    jobs = [Job(i) for i in range(5)]
+    wheel.add(Job("before"), 40)
+    wheel.add_many(jobs, 40)
+    wheel.add_many([], 40)
+    wheel._check()
+    assert len(wheel) == 6
+    assert names(expire(wheel, 39)) == []
+    assert names(expire(wheel, 40)) == ["before", 0, 1, 2, 3, 4]
+    wheel._check()
+
+
+def test_add_many_with_an_entry_twice_raises_and_changes_nothing() -> None:
+    wheel = TimingWheel(bits=2, levels=3)
+    jobs = [Job(i) for i in range(3)]
+    with pytest.raises(ValueError, match="already in a wheel"):
+        wheel.add_many([*jobs, jobs[1]], 7)
+    assert len(wheel) == 0
+    assert wheel.next_tick() is None
+    assert not any(job.in_wheel for job in jobs)
+    wheel._check()
+    wheel.add_many(jobs, 7)  # all free again
+    assert names(expire(wheel, 7)) == [0, 1, 2]
+
+
 def test_time_going_backwards_raises_value_error_and_changes_nothing() -> None:
     wheel = TimingWheel(now=100)
     job = Job("a")
@@ -520,6 +546,33 @@ class WheelMachine(RuleBasedStateMachine):
     def add_several_on_one_tick(self, offset: int, count: int) -> None:
         for _ in range(count):
             self._add(self._new_job(), self.wheel.now + offset)
+
+    @rule(data=st.data(), offset=ADD_OFFSETS, fresh=st.integers(0, 5))
+    def add_many_on_one_tick(self, data: st.DataObject, offset: int, fresh: int) -> None:
+        jobs = [self._new_job() for _ in range(fresh)]
+        if self.dead:
+            again = data.draw(st.lists(st.sampled_from(self.dead), max_size=3, unique=True))
+            for job in again:
+                self.dead.remove(job)
+            jobs += again
+        jobs = data.draw(st.permutations(jobs))
+        tick = self.wheel.now + offset
+        self.wheel.add_many(jobs, tick)
+        for job in jobs:
+            self.wheel.cascades[job] = 0
+            self.live[job] = tick
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), offset=ADD_OFFSETS, fresh=st.integers(0, 3))
+    def add_many_with_a_live_entry_is_refused_and_changes_nothing(
+        self, data: st.DataObject, offset: int, fresh: int
+    ) -> None:
+        live = data.draw(st.sampled_from(sorted(self.live, key=lambda j: j.name)))
+        jobs = data.draw(st.permutations([*(self._new_job() for _ in range(fresh)), live]))
+        with pytest.raises(ValueError, match="already in a wheel"):
+            self.wheel.add_many(jobs, self.wheel.now + offset)
+        assert not any(job.in_wheel for job in jobs if job is not live)
+        self.dead.extend(job for job in jobs if job is not live)
 
     @precondition(lambda self: self.dead)
     @rule(data=st.data(), offset=ADD_OFFSETS)

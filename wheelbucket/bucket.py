@@ -122,6 +122,11 @@ class TaskBucket:
         self._max_bucket = _positive_int(max_bucket, "max_bucket")
         # One shared int for every TIME_BOMB task filled with both defaults.
         self._bomb_life = self._life_span - self._run_after
+        # The last explicit (run_after, life_span) objects a TIME_BOMB fill
+        # took, and their (delay, life) in ns. Programs fill in loops with
+        # the same durations: a hit (by identity, so no type can slip in)
+        # skips the conversions, and those tasks share one life int.
+        self._last_durations: tuple[object, object, int, int] = (None, None, 0, 0)
         if not isinstance(verbose, bool):
             raise TypeError(f"verbose must be a bool, got {type(verbose).__name__}")
         workers = _positive_int(workers, "workers")
@@ -229,21 +234,28 @@ class TaskBucket:
                 delay = self._run_after
                 life = self._bomb_life
             else:
-                # Inline fast paths for a plain float in range (NaN fails the
-                # comparison); anything else gets _duration_ns's full checks.
-                if run_after is None:
-                    delay = self._run_after
-                elif type(run_after) is float and 0.0 <= run_after <= MAX_DURATION:
-                    delay = _ceil(run_after * 1e9)
+                last = self._last_durations
+                if run_after is last[0] and life_span is last[1]:
+                    delay = last[2]
+                    life = last[3]
                 else:
-                    delay = _duration_ns(run_after, "run_after", zero_ok=True)
-                if life_span is None:
-                    span = self._life_span
-                elif type(life_span) is float and 0.0 < life_span <= MAX_DURATION:
-                    span = _ceil(life_span * 1e9)
-                else:
-                    span = _duration_ns(life_span, "life_span", zero_ok=False)
-                life = span - delay
+                    # Inline fast paths for a plain float in range (NaN fails
+                    # the comparison); anything else gets full checks.
+                    if run_after is None:
+                        delay = self._run_after
+                    elif type(run_after) is float and 0.0 <= run_after <= MAX_DURATION:
+                        delay = _ceil(run_after * 1e9)
+                    else:
+                        delay = _duration_ns(run_after, "run_after", zero_ok=True)
+                    if life_span is None:
+                        span = self._life_span
+                    elif type(life_span) is float and 0.0 < life_span <= MAX_DURATION:
+                        span = _ceil(life_span * 1e9)
+                    else:
+                        span = _duration_ns(life_span, "life_span", zero_ok=False)
+                    life = span - delay
+                    if life > 0:
+                        self._last_durations = (run_after, life_span, delay, life)
             if life <= 0:
                 raise ValueError(
                     f"life_span ({(life + delay) / 1e9:g} s) must be greater than run_after "
@@ -271,7 +283,9 @@ class TaskBucket:
         task = TaskHandle(task_id, data, plan, state, due, life)
         core = self._core
         tasks = core.tasks
-        take(core.lock)
+        lock = core.lock
+        if not lock.acquire(False):
+            take(lock)  # see take(): never join a lock convoy
         try:
             if core.closed:
                 raise BucketClosed(f"bucket is closed: cannot fill {safe_repr(task_id)}")
@@ -287,7 +301,7 @@ class TaskBucket:
             tasks[task_id] = task
             core.filled += 1
         finally:
-            core.lock.release()
+            lock.release()
         # Logged before the hand-off, so "filled" never follows "executing".
         level = self._log_level
         if logger.isEnabledFor(level):

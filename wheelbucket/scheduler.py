@@ -190,7 +190,7 @@ class Scheduler:
         tick_ns = self.tick_ns
         wake = self.wake
         reconcile = self._reconcile
-        wheel_add = wheel.add
+        file_run = self._file_run
         task: TaskHandle | None = None
         # This 'while' loop right here is the scheduler.
         while True:
@@ -199,20 +199,30 @@ class Scheduler:
             wake.clear()
             # Apply what callers submitted; a bounded batch, so producers
             # cannot keep the loop from firing timers.
+            # The common case, a new TIME_BOMB (this runs once per fill), is
+            # _reconcile() inlined: file it at its due tick. Fills come in
+            # runs due in the same tick, and a run is filed in one go.
+            run: list[TaskHandle] = []
+            run_tick = -1
             for _ in range(len(inbox)):
                 task = inbox.popleft()
                 if task._state == WAITING and task._wheel_prev is None:
-                    # _reconcile() inlined for its common case, a new TIME_BOMB
-                    # (this runs once per fill): file it at its due tick.
                     tick = -(-task._due // tick_ns)
-                    if tick == self._last_tick:
-                        tick = self._last_tick
-                    else:
-                        self._last_tick = tick
-                    wheel_add(task, tick)
+                    if tick != run_tick:
+                        if run:
+                            file_run(run, run_tick)
+                            run = []
+                        run_tick = tick
+                    run.append(task)
                 else:
+                    if run:  # file it first: this may be the same task, drained
+                        file_run(run, run_tick)
+                        run = []
                     reconcile(task)
+            if run:
+                file_run(run, run_tick)
             task = None  # sleep holding no handle
+            run = []
             if self.unarmed:
                 self._arm()
             now = clock.monotonic_ns()
@@ -245,6 +255,16 @@ class Scheduler:
         for task in unarmed:
             if task._state < ENDED:
                 reconcile(task)
+
+    def _file_run(self, run: list[TaskHandle], tick: int) -> None:
+        """File new TIME_BOMB tasks due in the same tick (scheduler thread only)."""
+        try:
+            self.wheel.add_many(run, tick)
+        except ValueError:
+            # Only if a task came twice in one batch (fill submits it once):
+            # add_many changed nothing, and _reconcile is idempotent.
+            for task in run:
+                self._reconcile(task)
 
     def _reconcile(self, task: TaskHandle) -> None:
         """Make the wheel agree with `task`'s state (scheduler thread only)."""
@@ -571,7 +591,9 @@ class Scheduler:
 
     def drain(self, task_id: str) -> TaskHandle | None:
         """End a live task as DRAINED. Returns None if `task_id` is not live."""
-        take(self.lock)
+        lock = self.lock
+        if not lock.acquire(False):
+            take(lock)
         try:
             task = self.tasks.pop(task_id, None)
             if task is None:
@@ -589,7 +611,7 @@ class Scheduler:
                 if self.closed and len(self.tasks) <= self.close_allow:
                     self.emptied.set()
         finally:
-            self.lock.release()
+            lock.release()
         self.inbox.append(task)  # the scheduler takes it out of the wheel
         if was == RUNNING:
             self._after_end_running(task, ending[0])
