@@ -190,6 +190,7 @@ class Scheduler:
         tick_ns = self.tick_ns
         wake = self.wake
         reconcile = self._reconcile
+        wheel_add = wheel.add
         file_run = self._file_run
         task: TaskHandle | None = None
         # This 'while' loop right here is the scheduler.
@@ -200,27 +201,31 @@ class Scheduler:
             # Apply what callers submitted; a bounded batch, so producers
             # cannot keep the loop from firing timers.
             # The common case, a new TIME_BOMB (this runs once per fill), is
-            # _reconcile() inlined: file it at its due tick. Fills come in
-            # runs due in the same tick, and a run is filed in one go.
+            # _reconcile() inlined: file it at its due tick. A filling thread
+            # makes hundreds of tasks due in the same tick: the first is
+            # added alone, the rest of the run wait in `run` and go in with
+            # one add_many (the slot found once) when the tick changes.
             run: list[TaskHandle] = []
-            run_tick = -1
+            last_tick = -1
             for _ in range(len(inbox)):
                 task = inbox.popleft()
                 if task._state == WAITING and task._wheel_prev is None:
                     tick = -(-task._due // tick_ns)
-                    if tick != run_tick:
-                        if run:
-                            file_run(run, run_tick)
-                            run = []
-                        run_tick = tick
-                    run.append(task)
+                    if tick == last_tick:
+                        run.append(task)
+                        continue
+                    if run:
+                        file_run(run, last_tick)
+                        run = []
+                    last_tick = tick
+                    wheel_add(task, tick)
                 else:
-                    if run:  # file it first: this may be the same task, drained
-                        file_run(run, run_tick)
+                    if run:  # file them first: this may be one of them, drained
+                        file_run(run, last_tick)
                         run = []
                     reconcile(task)
             if run:
-                file_run(run, run_tick)
+                file_run(run, last_tick)
             task = None  # sleep holding no handle
             run = []
             if self.unarmed:
