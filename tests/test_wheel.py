@@ -239,6 +239,8 @@ def test_add_many_with_an_entry_twice_raises_and_changes_nothing() -> None:
     jobs = [Job(i) for i in range(3)]
     with pytest.raises(ValueError, match="already in a wheel"):
         wheel.add_many([*jobs, jobs[1]], 7)
+    with pytest.raises(ValueError, match="already in a wheel"):
+        wheel.add_many([*jobs, jobs[0]], 7)
     assert len(wheel) == 0
     assert wheel.next_tick() is None
     assert not any(job.in_wheel for job in jobs)

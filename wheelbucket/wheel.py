@@ -155,7 +155,19 @@ class TimingWheel:
         if entry._wheel_prev is not None:
             raise ValueError("entry is already in a wheel")
         entry._wheel_tick = tick
-        head = self._slot_for(tick)
+        # The slot rule lives here only (inline: this runs once per fill and
+        # per cascade); add_many and cascades (_file) go through here.
+        now = self._now
+        if tick <= now:
+            key = now
+        else:
+            width = (now ^ tick).bit_length()
+            shift = self._shift_for[width] if width < 129 else self._shift_for[128]
+            key = tick >> shift << shift
+        head = self._slots.get(key)
+        if head is None:
+            head = self._slots[key] = _Slot(key)
+            self._index.add(key)
         tail = head._wheel_prev
         entry._wheel_prev = tail
         entry._wheel_next = head
@@ -167,18 +179,24 @@ class TimingWheel:
         """File every entry in `entries`, in order, to expire at `tick`.
 
         The same as calling `add` for each, for less: the slot is found
-        once, and each entry costs three field writes. If one of them is
-        already in a wheel (or comes twice), ValueError is raised and the
-        wheel is unchanged. Runtime complexity: O(k) for k entries, plus
-        O(log s) when they occupy an empty slot.
+        once, and each entry after the first costs three field writes. If
+        one of them is already in a wheel (or comes twice), ValueError is
+        raised and the wheel is unchanged. Runtime complexity: O(k) for k
+        entries, plus O(log s) when they occupy an empty slot.
         """
-        # Chain the entries behind a scratch head first; the slot is only
-        # touched once all of them are known to be free.
+        it = iter(entries)
+        first = next(it, None)
+        if first is None:
+            return
+        if first._wheel_prev is not None:
+            raise ValueError("entry is already in a wheel")
+        # Chain the others behind a scratch head; the wheel is only touched
+        # once all of them are known to be free.
         start = _Slot(tick)
         prev: TimerEntry = start
         count = 0
-        for entry in entries:
-            if entry._wheel_prev is not None:
+        for entry in it:
+            if entry._wheel_prev is not None or entry is first:
                 node = start._wheel_next
                 while node is not start and node is not None:
                     after = node._wheel_next
@@ -190,16 +208,16 @@ class TimingWheel:
             prev._wheel_next = entry
             prev = entry
             count += 1
-        if not count:
-            return
-        head = self._slot_for(tick)
-        first = start._wheel_next
-        tail = head._wheel_prev
-        first._wheel_prev = tail  # type: ignore[union-attr]
-        tail._wheel_next = first  # type: ignore[union-attr]
-        prev._wheel_next = head
-        head._wheel_prev = prev
-        self._count += count
+        self.add(first, tick)
+        if count:
+            # first went in at the tail: splice the chain in behind it.
+            head = first._wheel_next
+            rest = start._wheel_next
+            first._wheel_next = rest
+            rest._wheel_prev = first  # type: ignore[union-attr]
+            prev._wheel_next = head
+            head._wheel_prev = prev  # type: ignore[union-attr]
+            self._count += count
 
     def remove(self, entry: TimerEntry) -> None:
         """Take `entry` out of the wheel.
@@ -272,21 +290,6 @@ class TimingWheel:
         return out
 
     # -- internals ---------------------------------------------------------
-
-    def _slot_for(self, tick: int) -> _Slot:
-        """The head of the slot for `tick`, made if empty. The slot rule lives here only."""
-        now = self._now
-        if tick <= now:
-            key = now
-        else:
-            width = (now ^ tick).bit_length()
-            shift = self._shift_for[width] if width < 129 else self._shift_for[128]
-            key = tick >> shift << shift
-        head = self._slots.get(key)
-        if head is None:
-            head = self._slots[key] = _Slot(key)
-            self._index.add(key)
-        return head
 
     def _file(self, entry: TimerEntry, tick: int) -> None:
         """File again an entry that `advance` took out of a due slot (a cascade)."""
