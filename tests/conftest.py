@@ -8,6 +8,7 @@
 * ``bucket``: ``make_bucket(executor=recorder)``.
 * ``gate()``: a `threading.Event` for a test to hold a hook on; every gate is
   opened at teardown, before the buckets are closed.
+* ``long_only``: skips a ``long`` test unless ``-m long`` asked for it.
 """
 
 from __future__ import annotations
@@ -67,3 +68,15 @@ def gate(make_bucket: Callable[..., TaskBucket]) -> Iterator[Callable[[], thread
     yield new_gate
     for event in gates:
         event.set()
+
+
+def _requested_long(config: pytest.Config) -> bool:
+    expr = str(config.getoption("markexpr") or "")
+    return "long" in expr and "not long" not in expr
+
+
+@pytest.fixture
+def long_only(request: pytest.FixtureRequest) -> None:
+    """Long runs only when asked for (``-m long``), whatever the default selection."""
+    if not _requested_long(request.config):
+        pytest.skip("long run: select it with -m long")

@@ -62,18 +62,6 @@ STATE_CODE = {
 HOOK_CODE = {"on_finish": 1, "on_execute_error": 2, "on_task_exhausted": 3, "on_panic": 5}
 
 
-def _requested_long(config: pytest.Config) -> bool:
-    expr = str(config.getoption("markexpr") or "")
-    return "long" in expr and "not long" not in expr
-
-
-@pytest.fixture
-def long_only(request: pytest.FixtureRequest) -> None:
-    """Long runs only when asked for (``-m long``), whatever the default selection."""
-    if not _requested_long(request.config):
-        pytest.skip("long run: select it with -m long")
-
-
 @dataclass(slots=True)
 class Job:
     """A task's data: who it is, when it may start at the earliest, what it does."""

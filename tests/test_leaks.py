@@ -34,18 +34,6 @@ LONG_CYCLES = 1_000_000
 BATCH = 1000
 
 
-def _requested_long(config: pytest.Config) -> bool:
-    expr = str(config.getoption("markexpr") or "")
-    return "long" in expr and "not long" not in expr
-
-
-@pytest.fixture
-def long_only(request: pytest.FixtureRequest) -> None:
-    """Long runs only when asked for (``-m long``), whatever the default selection."""
-    if not _requested_long(request.config):
-        pytest.skip("long run: select it with -m long")
-
-
 def _noop(ctx: TaskContext, task_id: str, data: Any) -> None:
     return None
 
