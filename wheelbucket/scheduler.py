@@ -191,7 +191,7 @@ class Scheduler:
         wake = self.wake
         reconcile = self._reconcile
         wheel_add = wheel.add
-        file_run = self._file_run
+        wheel_add_many = wheel.add_many
         task: TaskHandle | None = None
         # This 'while' loop right here is the scheduler.
         while True:
@@ -204,7 +204,10 @@ class Scheduler:
             # _reconcile() inlined: file it at its due tick. A filling thread
             # makes hundreds of tasks due in the same tick: the first is
             # added alone, the rest of the run wait in `run` and go in with
-            # one add_many (the slot found once) when the tick changes.
+            # one add_many (the slot found once) when the tick changes. A run
+            # never holds a task twice: fill submits a TIME_BOMB once while
+            # WAITING, and every later submission of it follows a change of
+            # its state (so it takes the other branch).
             run: list[TaskHandle] = []
             last_tick = -1
             for _ in range(len(inbox)):
@@ -215,17 +218,17 @@ class Scheduler:
                         run.append(task)
                         continue
                     if run:
-                        file_run(run, last_tick)
+                        wheel_add_many(run, last_tick)
                         run = []
                     last_tick = tick
                     wheel_add(task, tick)
                 else:
                     if run:  # file them first: this may be one of them, drained
-                        file_run(run, last_tick)
+                        wheel_add_many(run, last_tick)
                         run = []
                     reconcile(task)
             if run:
-                file_run(run, last_tick)
+                wheel_add_many(run, last_tick)
             task = None  # sleep holding no handle
             run = []
             if self.unarmed:
@@ -260,16 +263,6 @@ class Scheduler:
         for task in unarmed:
             if task._state < ENDED:
                 reconcile(task)
-
-    def _file_run(self, run: list[TaskHandle], tick: int) -> None:
-        """File new TIME_BOMB tasks due in the same tick (scheduler thread only)."""
-        try:
-            self.wheel.add_many(run, tick)
-        except ValueError:
-            # Only if a task came twice in one batch (fill submits it once):
-            # add_many changed nothing, and _reconcile is idempotent.
-            for task in run:
-                self._reconcile(task)
 
     def _reconcile(self, task: TaskHandle) -> None:
         """Make the wheel agree with `task`'s state (scheduler thread only)."""
