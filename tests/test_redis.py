@@ -609,6 +609,27 @@ def test_close_leaves_the_group_and_refuses_fills(
     a.close()  # idempotent
 
 
+@pytest.mark.parametrize(
+    "kwargs", [{"timeout": "x"}, {"timeout": -1.0}, {"wait": 1}, {"rescue": None}]
+)
+def test_a_close_with_a_bad_argument_is_refused_and_changes_nothing(
+    make: Callable[..., SharedBucket], kwargs: dict[str, Any]
+) -> None:
+    rec = Recorder()
+    a = make(executor=rec)
+    b = make(producer_only=True)
+    assert a.fill(TIME_BOMB, "pending", run_after=30, life_span=60) is not None
+    with pytest.raises((TypeError, ValueError)):
+        a.close(**kwargs)
+    assert not a.closed
+    assert "pending" in a
+    assert len(b.group_info().members) == 2
+    assert b.group_info().live == 1
+    a.close(wait=False)  # a good close still does its whole job
+    assert a.closed
+    assert b.group_info().members == (b.member,)
+
+
 def test_an_existing_task_bucket_can_be_the_local_bucket(make: Callable[..., SharedBucket]) -> None:
     rec = Recorder()
     bucket = TaskBucket(max_bucket=3, workers=2)

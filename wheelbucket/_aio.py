@@ -51,7 +51,7 @@ def runner_for(core: Scheduler) -> AsyncRunner:
         with _CREATE_LOCK:
             runner = core.aio
             if runner is None:
-                runner = core.aio = AsyncRunner(core, use_uvloop=getattr(core, "use_uvloop", False))
+                runner = core.aio = AsyncRunner(core, use_uvloop=core.use_uvloop)
     return runner
 
 

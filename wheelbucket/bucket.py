@@ -176,8 +176,8 @@ class TaskBucket:
             wheel_levels=wheel_levels,
             log_level=self._log_level,
             name=name,
+            use_uvloop=use_uvloop,
         )
-        core.use_uvloop = use_uvloop  # type: ignore[attr-defined]
         core.start()
         _live_cores.add(core)
         # Forgetting close() must neither leak threads nor hang the exit.
@@ -374,20 +374,8 @@ class TaskBucket:
         When close() returns, every task that ended during it has had its
         hook, and its handle is done.
         """
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(
-                    f"timeout must be a number of seconds or None, got {safe_repr(timeout)}"
-                )
-            if (isinstance(timeout, float) and math.isnan(timeout)) or timeout < 0:
-                raise ValueError(f"timeout must be >= 0, got {timeout!r}")
-            if timeout > MAX_DURATION:  # math.inf included: no limit, as None
-                timeout = None
-        if not isinstance(wait, bool):
-            raise TypeError(f"wait must be a bool, got {type(wait).__name__}")
-        if not isinstance(rescue, bool):
-            raise TypeError(f"rescue must be a bool, got {type(rescue).__name__}")
-        self._core.close(wait=bool(wait), timeout=timeout, rescue=bool(rescue), join_timeout=1.0)
+        timeout = _close_timeout(wait, timeout, rescue)
+        self._core.close(wait=wait, timeout=timeout, rescue=rescue, join_timeout=1.0)
         self._finalizer.detach()
         _live_cores.discard(self._core)
 
@@ -464,6 +452,24 @@ def _close_forgotten(core: Scheduler) -> None:
 _live_cores: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 
 
+def _close_timeout(wait: object, timeout: object, rescue: object) -> float | None:
+    """Check close()'s arguments; return the timeout in seconds, None for no limit."""
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(
+                f"timeout must be a number of seconds or None, got {safe_repr(timeout)}"
+            )
+        if (isinstance(timeout, float) and math.isnan(timeout)) or timeout < 0:
+            raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+        if timeout > MAX_DURATION:  # math.inf included: no limit, as None
+            timeout = None
+    if not isinstance(wait, bool):
+        raise TypeError(f"wait must be a bool, got {type(wait).__name__}")
+    if not isinstance(rescue, bool):
+        raise TypeError(f"rescue must be a bool, got {type(rescue).__name__}")
+    return timeout
+
+
 def _after_fork_in_child() -> None:
     """A forked child inherits the bucket's state but none of its threads.
 
@@ -475,7 +481,6 @@ def _after_fork_in_child() -> None:
         core.lock = threading.RLock()
         core.closed = True
         core.stopping = True
-        core.forked = True  # type: ignore[attr-defined]
         core.tasks.clear()
         core.inbox.clear()
         core.pool.work.clear()

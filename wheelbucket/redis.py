@@ -50,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
     ) from exc
 
 from ._log import safe_repr
-from .bucket import TaskBucket, _duration_ns, _positive_int
+from .bucket import TaskBucket, _close_timeout, _duration_ns, _positive_int
 from .clock import MonotonicClock
 from .errors import BucketClosed, BucketError, BucketFull, TaskExists, TaskNotFound
 from .executor import HookPlan
@@ -918,6 +918,8 @@ class SharedBucket:
         `rescue`); every task it held leaves the group. Heartbeats go on
         meanwhile, so the group does not presume this process dead.
         """
+        # Checked before anything starts: a refused close() changes nothing.
+        timeout = _close_timeout(wait, timeout, rescue)
         with self._lock:
             first = not self._closing
             self._closing = True

@@ -118,8 +118,10 @@ class Scheduler:
         wheel_levels: int,
         log_level: int,
         name: str,
+        use_uvloop: bool = False,
     ) -> None:
         self.clock = clock
+        self.use_uvloop = use_uvloop  # for the asyncio runner, made on first use
         self.tick_ns = tick_ns
         self.max_bucket = max_bucket
         self.log_level = log_level
