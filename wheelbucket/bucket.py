@@ -169,7 +169,6 @@ class TaskBucket:
         self._core = core = Scheduler(
             clock=clock,
             tick_ns=tick_ns,
-            max_bucket=self._max_bucket,
             workers=workers,
             max_extra_workers=max_extra_workers,
             wheel_bits=wheel_bits,
@@ -307,10 +306,10 @@ class TaskBucket:
         if logger.isEnabledFor(level):
             logger.log(level, "task %s filled (%s)", safe_repr(task_id), task_type.name)
         if state == WAITING:
-            # Scheduler.submit() inlined for the common case, since this runs
-            # once per fill: a TIME_BOMB task only goes to the inbox (a
-            # lock-free deque append), and the scheduler is woken only if this
-            # deadline is the new earliest, or to apply a full batch.
+            # A TIME_BOMB task only goes to the inbox (a lock-free deque
+            # append; inline, since this runs once per fill), and the
+            # scheduler is woken only if this deadline is the new earliest,
+            # or to apply a full batch. Scheduler.submit() is for IMMEDIATE.
             inbox = core.inbox
             inbox.append(task)
             if wake_for < core.wake_at or not len(inbox) % INBOX_BATCH:

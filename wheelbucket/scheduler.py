@@ -111,7 +111,6 @@ class Scheduler:
         *,
         clock: Clock,
         tick_ns: int,
-        max_bucket: int,
         workers: int,
         max_extra_workers: int,
         wheel_bits: int,
@@ -123,7 +122,6 @@ class Scheduler:
         self.clock = clock
         self.use_uvloop = use_uvloop  # for the asyncio runner, made on first use
         self.tick_ns = tick_ns
-        self.max_bucket = max_bucket
         self.log_level = log_level
         self.name = name
         # Re-entrant only so that rescue() can *tell* when a signal handler
@@ -164,8 +162,6 @@ class Scheduler:
         self.running = 0
         self.lateness = LatenessHistogram()
         self._last_tick = 0
-        # When the current turn of the loop began (see TaskBucket.fill's yield).
-        self.turn_start = 0
         # Tasks fired on the last turn whose life-span timer is not filed yet,
         # and the earliest of their deadlines (see _arm).
         self.unarmed: list[TaskHandle] = []
@@ -197,7 +193,6 @@ class Scheduler:
         task: TaskHandle | None = None
         # This 'while' loop right here is the scheduler.
         while True:
-            self.turn_start = clock.monotonic_ns()
             self.wake_at = AWAKE
             wake.clear()
             # Apply what callers submitted; a bounded batch, so producers
@@ -574,18 +569,20 @@ class Scheduler:
     # -- caller-side operations -------------------------------------------
 
     def submit(self, task: TaskHandle, due: int) -> None:
-        """Queue a freshly filled task for the scheduler (and the pool)."""
+        """Queue a freshly filled IMMEDIATE task for the pool, and the scheduler.
+
+        (fill hands a TIME_BOMB task to the inbox itself.)
+        """
         inbox = self.inbox
         inbox.append(task)
-        if task._state == QUEUED:
-            if _runs_async(task):
-                self._aio().submit(task)
-            else:
-                self.pool.submit(task)
-                if not self.watching:
-                    # Queued work needs the stall watch (see _watch_stall).
-                    self.watching = True
-                    self.wake.set()
+        if _runs_async(task):
+            self._aio().submit(task)
+        else:
+            self.pool.submit(task)
+            if not self.watching:
+                # Queued work needs the stall watch (see _watch_stall).
+                self.watching = True
+                self.wake.set()
         if due < self.wake_at or not len(inbox) % INBOX_BATCH:
             self.wake.set()
 

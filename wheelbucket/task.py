@@ -56,8 +56,6 @@ FAILED = 4
 EXHAUSTED = 5
 DRAINED = 6
 RESCUED = 7
-# Refused: inserted by a fill that then lost a race with close() or the
-# capacity bound; never counted, never seen by the user as a live task.
 ENDED = FINISHED  # state >= ENDED  <=>  the task has its ending
 # Or-ed into an ending while its hook has not returned yet: the handle is
 # done (and waiters wake) only once the hook is through.
