@@ -597,8 +597,7 @@ class Scheduler:
                 return None
             was = task._state
             if was == RUNNING:
-                self.tasks[task_id] = task  # the general path below wants it there
-                ending = self._end_locked(task, DRAINED)
+                ending = self._end_locked(task, DRAINED)  # (it is out of the map already)
             else:
                 # The common case, _end_locked() inlined (it runs once per drain):
                 # a pending task, no hook, no worker to free.
