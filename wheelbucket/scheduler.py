@@ -67,15 +67,6 @@ POLITE_TRIES = 100
 # storm never holds the lock long enough to stall a caller of fill.
 FIRE_CHUNK = 512
 
-_ENDING_NAMES = {
-    FINISHED: "finished",
-    FAILED: "failed",
-    EXHAUSTED: "exhausted",
-    DRAINED: "drained",
-    RESCUED: "rescued",
-}
-
-
 def take(lock: threading.RLock) -> None:
     """Acquire the bucket's lock without joining a lock convoy.
 
@@ -414,10 +405,9 @@ class Scheduler:
         self.inbox.append(task)  # the scheduler takes it out of the wheel
         if was == RUNNING and ctx is not None:
             self._after_end_running(task, ctx)
-        state = task._state & ~HOOK_PENDING
         level = self.log_level
         if logger.isEnabledFor(level):
-            logger.log(level, "task %s %s", safe_repr(task.id), _ENDING_NAMES[state])
+            logger.log(level, "task %s %s", safe_repr(task.id), task.state.value)
 
     def _after_end_running(self, task: TaskHandle, ctx: TaskContext) -> None:
         """A task ended under the thread (or coroutine) running it: stop that."""
