@@ -1383,13 +1383,7 @@ class SharedBucket:
         with self._lock:
             recs, self._unreleased = self._unreleased, []
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            for rec in recs:
-                self._s_release(
-                    args=[self._prefix, self.member, rec.id, rec.token, rec.ending, self._ledger],
-                    client=pipe,
-                )
-            replies = pipe.execute()
+            replies = self._release_pipe(recs)
         except BaseException:
             with self._lock:
                 self._unreleased[:0] = recs
@@ -1568,16 +1562,20 @@ class SharedBucket:
             for rec in recs:
                 self._forget(rec)
 
+    def _release_pipe(self, recs: list[_Rec]) -> list[Any]:
+        """Release `recs` with their recorded endings in one round trip; the replies."""
+        pipe = self._redis.pipeline(transaction=False)
+        for rec in recs:
+            self._s_release(
+                args=[self._prefix, self.member, rec.id, rec.token, rec.ending, self._ledger],
+                client=pipe,
+            )
+        return list(pipe.execute())
+
     def _release_all(self, recs: list[_Rec]) -> BaseException | None:
         """Release `recs` with their recorded endings; the error if Redis is unreachable."""
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            for rec in recs:
-                self._s_release(
-                    args=[self._prefix, self.member, rec.id, rec.token, rec.ending, self._ledger],
-                    client=pipe,
-                )
-            pipe.execute()
+            self._release_pipe(recs)
         except _UNREACHABLE as exc:
             return exc
         return None

@@ -67,6 +67,7 @@ POLITE_TRIES = 100
 # storm never holds the lock long enough to stall a caller of fill.
 FIRE_CHUNK = 512
 
+
 def take(lock: threading.RLock) -> None:
     """Acquire the bucket's lock without joining a lock convoy.
 
