@@ -1038,11 +1038,22 @@ def test_redis_stopped_and_restarted_mid_run(
 # -- the worker process -------------------------------------------------------------------
 
 
+# One start, counted at most once whatever the retries: the start's own token
+# goes in a set, and the count moves only when the token is new.
+_COUNT_START = """
+if redis.call('SADD', KEYS[2], ARGV[2]) == 1 then
+    redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+end
+"""
+
+
 class _WorkerExecutor(Executor):
     def __init__(self, client: Any, cfg: dict[str, Any]) -> None:
         group = cfg["group"]
         self.r = client
         self.starts = f"test:{{{group}}}:starts"
+        self.tokens = f"test:{{{group}}}:start-tokens"
+        self._count_start = client.register_script(_COUNT_START)
         self.cancelled = f"test:{{{group}}}:cancelled"
         self.hooks = f"test:{{{group}}}:hooks" if cfg.get("hooks_to_redis") else None
         self.lock = threading.Lock()
@@ -1057,7 +1068,13 @@ class _WorkerExecutor(Executor):
                 time.sleep(0.05)
 
     def on_execute(self, ctx: Any, task_id: str, data: Any) -> None:
-        self._redis(lambda: self.r.hincrby(self.starts, task_id, 1))
+        # Counted once per start even when Redis goes down mid-call: a plain
+        # HINCRBY retried after a lost reply (applied, then the connection
+        # dropped) counted one start twice.
+        token = uuid.uuid4().hex
+        self._redis(
+            lambda: self._count_start(keys=[self.starts, self.tokens], args=[task_id, token])
+        )
         data = data or {}
         if data.get("block"):
             if ctx.wait(60):
