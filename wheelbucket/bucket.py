@@ -15,6 +15,7 @@ import time
 import weakref
 from typing import Any
 
+from ._args import MAX_DURATION, close_timeout, duration_ns, positive_int
 from ._log import logger, safe_repr
 from .clock import Clock, MonotonicClock
 from .errors import BucketClosed, BucketFull, TaskExists, TaskNotFound
@@ -25,9 +26,6 @@ from .task import QUEUED, WAITING, TaskHandle, TaskType
 
 __all__ = ["TaskBucket"]
 
-# The longest duration accepted: ten years. Anything longer is surely a unit
-# mistake (milliseconds passed as seconds) and is refused, not clamped.
-MAX_DURATION = 10 * 365.25 * 86400.0
 # Threads a stuck task may cost beyond `workers`, by default.
 EXTRA_WORKERS_PER_WORKER = 4
 
@@ -38,40 +36,6 @@ _sleep = time.sleep
 STARVED_NS = 2_000_000
 _IMMEDIATE = TaskType.IMMEDIATE
 _TIME_BOMB = TaskType.TIME_BOMB
-_NO_PLAN: Any = None
-
-
-def _duration_ns(value: object, name: str, *, zero_ok: bool) -> int:
-    """Seconds (int, float) or a timedelta, as whole nanoseconds rounded up."""
-    if isinstance(value, datetime.timedelta):
-        seconds: float = value.total_seconds()
-    elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"{name} must be a number of seconds or a datetime.timedelta, "
-            f"got {type(value).__name__}: {safe_repr(value)}"
-        )
-    else:
-        seconds = value
-    if isinstance(seconds, float) and not math.isfinite(seconds):  # no float() of a huge int
-        raise ValueError(f"{name} must be finite, got {seconds!r}")
-    if seconds < 0 or (seconds == 0 and not zero_ok):
-        bound = ">= 0" if zero_ok else "> 0"
-        raise ValueError(f"{name} must be {bound} seconds, got {seconds!r}")
-    if seconds > MAX_DURATION:
-        raise ValueError(
-            f"{name} must be at most ten years ({MAX_DURATION:.0f} s), got {seconds!r}"
-        )
-    if isinstance(seconds, int):
-        return seconds * 1_000_000_000
-    return math.ceil(seconds * 1e9)
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {safe_repr(value)}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return value
 
 
 class TaskBucket:
@@ -117,9 +81,9 @@ class TaskBucket:
         use_uvloop: bool = False,
         name: str = "wheelbucket",
     ) -> None:
-        self._life_span = _duration_ns(life_span, "life_span", zero_ok=False)
-        self._run_after = _duration_ns(run_after, "run_after", zero_ok=True)
-        self._max_bucket = _positive_int(max_bucket, "max_bucket")
+        self._life_span = duration_ns(life_span, "life_span", zero_ok=False)
+        self._run_after = duration_ns(run_after, "run_after", zero_ok=True)
+        self._max_bucket = positive_int(max_bucket, "max_bucket")
         # One shared int for every TIME_BOMB task filled with both defaults.
         self._bomb_life = self._life_span - self._run_after
         # The last explicit (run_after, life_span) objects a TIME_BOMB fill
@@ -129,7 +93,7 @@ class TaskBucket:
         self._last_durations: tuple[object, object, int, int] = (None, None, 0, 0)
         if not isinstance(verbose, bool):
             raise TypeError(f"verbose must be a bool, got {type(verbose).__name__}")
-        workers = _positive_int(workers, "workers")
+        workers = positive_int(workers, "workers")
         if max_extra_workers is None:
             max_extra_workers = EXTRA_WORKERS_PER_WORKER * workers
         elif isinstance(max_extra_workers, bool) or not isinstance(max_extra_workers, int):
@@ -138,7 +102,7 @@ class TaskBucket:
             )
         elif max_extra_workers < 0:
             raise ValueError(f"max_extra_workers must be >= 0, got {max_extra_workers!r}")
-        tick_ns = _duration_ns(tick, "tick", zero_ok=False)
+        tick_ns = duration_ns(tick, "tick", zero_ok=False)
         if clock is None:
             clock = MonotonicClock()
         elif isinstance(clock, type) or not isinstance(clock, Clock):  # a class passes the Protocol
@@ -245,13 +209,13 @@ class TaskBucket:
                     elif type(run_after) is float and 0.0 <= run_after <= MAX_DURATION:
                         delay = _ceil(run_after * 1e9)
                     else:
-                        delay = _duration_ns(run_after, "run_after", zero_ok=True)
+                        delay = duration_ns(run_after, "run_after", zero_ok=True)
                     if life_span is None:
                         span = self._life_span
                     elif type(life_span) is float and 0.0 < life_span <= MAX_DURATION:
                         span = _ceil(life_span * 1e9)
                     else:
-                        span = _duration_ns(life_span, "life_span", zero_ok=False)
+                        span = duration_ns(life_span, "life_span", zero_ok=False)
                     life = span - delay
                     if life > 0:
                         self._last_durations = (run_after, life_span, delay, life)
@@ -265,11 +229,11 @@ class TaskBucket:
             wake_for = due
         elif task_type is _IMMEDIATE:
             if run_after is not None:
-                _duration_ns(run_after, "run_after", zero_ok=True)  # still check it
+                duration_ns(run_after, "run_after", zero_ok=True)  # still check it
             life = (
                 self._life_span
                 if life_span is None
-                else _duration_ns(life_span, "life_span", zero_ok=False)
+                else duration_ns(life_span, "life_span", zero_ok=False)
             )
             state = QUEUED
             due = now
@@ -373,7 +337,7 @@ class TaskBucket:
         When close() returns, every task that ended during it has had its
         hook, and its handle is done.
         """
-        timeout = _close_timeout(wait, timeout, rescue)
+        timeout = close_timeout(wait, timeout, rescue)
         self._core.close(wait=wait, timeout=timeout, rescue=rescue, join_timeout=1.0)
         self._finalizer.detach()
         _live_cores.discard(self._core)
@@ -404,6 +368,26 @@ class TaskBucket:
     def stats(self) -> BucketStats:
         """A consistent snapshot of the counters (see `BucketStats`)."""
         return self._core.stats()
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the bucket runs on (fixed at construction)."""
+        return self._core.clock
+
+    @property
+    def max_bucket(self) -> int:
+        """The most live tasks at once (fixed at construction)."""
+        return self._max_bucket
+
+    @property
+    def life_span(self) -> float:
+        """The default life span of a task, in seconds."""
+        return self._life_span / 1e9
+
+    @property
+    def run_after(self) -> float:
+        """The default delay of a TIME_BOMB task, in seconds."""
+        return self._run_after / 1e9
 
     @property
     def verbose(self) -> bool:
@@ -449,24 +433,6 @@ def _close_forgotten(core: Scheduler) -> None:
 # -- fork safety -------------------------------------------------------------
 
 _live_cores: weakref.WeakSet[Scheduler] = weakref.WeakSet()
-
-
-def _close_timeout(wait: object, timeout: object, rescue: object) -> float | None:
-    """Check close()'s arguments; return the timeout in seconds, None for no limit."""
-    if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-            raise TypeError(
-                f"timeout must be a number of seconds or None, got {safe_repr(timeout)}"
-            )
-        if (isinstance(timeout, float) and math.isnan(timeout)) or timeout < 0:
-            raise ValueError(f"timeout must be >= 0, got {timeout!r}")
-        if timeout > MAX_DURATION:  # math.inf included: no limit, as None
-            timeout = None
-    if not isinstance(wait, bool):
-        raise TypeError(f"wait must be a bool, got {type(wait).__name__}")
-    if not isinstance(rescue, bool):
-        raise TypeError(f"rescue must be a bool, got {type(rescue).__name__}")
-    return timeout
 
 
 def _after_fork_in_child() -> None:

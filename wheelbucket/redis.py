@@ -49,8 +49,9 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
         "wheelbucket.redis needs the redis client: pip install 'wheelbucket[redis]'"
     ) from exc
 
+from ._args import close_timeout, duration_ns, positive_int
 from ._log import safe_repr
-from .bucket import TaskBucket, _close_timeout, _duration_ns, _positive_int
+from .bucket import TaskBucket
 from .clock import MonotonicClock
 from .errors import BucketClosed, BucketError, BucketFull, TaskExists, TaskNotFound
 from .executor import HookPlan
@@ -594,9 +595,9 @@ class SharedBucket:
                 f"({self._heartbeat:g} s)"
             )
         timeout = _seconds(timeout, "timeout")
-        self._group_limit = 0 if group_limit is None else _positive_int(group_limit, "group_limit")
-        self._ledger = 0 if ledger is None else _positive_int(ledger, "ledger")
-        self._claim_batch = _positive_int(claim_batch, "claim_batch")
+        self._group_limit = 0 if group_limit is None else positive_int(group_limit, "group_limit")
+        self._ledger = 0 if ledger is None else positive_int(ledger, "ledger")
+        self._claim_batch = positive_int(claim_batch, "claim_batch")
         if not isinstance(producer_only, bool):
             raise TypeError(f"producer_only must be a bool, got {type(producer_only).__name__}")
         self._producer_only = producer_only
@@ -773,13 +774,13 @@ class SharedBucket:
         span = (
             self._life_span_ns
             if life_span is None
-            else _duration_ns(life_span, "life_span", zero_ok=False)
+            else duration_ns(life_span, "life_span", zero_ok=False)
         )
         if task_type is TaskType.TIME_BOMB:
             delay = (
                 self._run_after_ns
                 if run_after is None
-                else _duration_ns(run_after, "run_after", zero_ok=True)
+                else duration_ns(run_after, "run_after", zero_ok=True)
             )
             if span <= delay:
                 raise ValueError(
@@ -789,7 +790,7 @@ class SharedBucket:
             typ = "t"
         elif task_type is TaskType.IMMEDIATE:
             if run_after is not None:
-                _duration_ns(run_after, "run_after", zero_ok=True)
+                duration_ns(run_after, "run_after", zero_ok=True)
             delay = 0
             typ = "i"
         else:
@@ -919,7 +920,7 @@ class SharedBucket:
         meanwhile, so the group does not presume this process dead.
         """
         # Checked before anything starts: a refused close() changes nothing.
-        timeout = _close_timeout(wait, timeout, rescue)
+        timeout = close_timeout(wait, timeout, rescue)
         with self._lock:
             first = not self._closing
             self._closing = True
@@ -1615,7 +1616,7 @@ class SharedBucket:
 
 
 def _seconds(value: object, name: str) -> float:
-    return _duration_ns(value, name, zero_ok=False) / 1e9
+    return duration_ns(value, name, zero_ok=False) / 1e9
 
 
 def _close_quietly(pubsub: Any) -> None:
