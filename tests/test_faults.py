@@ -692,7 +692,7 @@ def test_close_lets_pending_timers_fire_on_time_while_it_waits(fake_clock: FakeC
     ]
     closer = threading.Thread(target=bucket.close)
     closer.start()
-    assert eventually(lambda: bucket._core.close_started.is_set())
+    assert eventually(lambda: bucket.closed)
     for i in range(3):
         fake_clock.advance(0.25)
         assert eventually(lambda i=i: len(ran) > i)

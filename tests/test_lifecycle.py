@@ -1164,12 +1164,6 @@ def test_a_raising_done_callback_does_not_stop_the_others(
     assert_stats_consistent(bucket)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TaskHandle.add_done_callback documents that a raising callback is 'logged and "
-    "counted like any hook error', but one added after the task is done is only logged "
-    "(task.py _call_done_callback has no way to reach the bucket's hook_errors)",
-)
 def test_a_raising_done_callback_added_after_done_is_counted(
     bucket: TaskBucket, clock: FakeClock
 ) -> None:

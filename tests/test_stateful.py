@@ -237,17 +237,9 @@ def settle_saturated(bucket: TaskBucket, recs: list[Rec], running: int) -> None:
     `running` blocked threads are busy.
     """
     core = bucket._core
-    clock = core.clock
-    pool = core.pool
 
     def quiet() -> bool:
-        return (
-            core.asleep
-            and not core.wake.is_set()
-            and core.wake_at > clock.monotonic_ns()
-            and pool.busy_count() == running
-            and sum(r.in_execute for r in recs) == running
-        )
+        return core.saturated(running) and sum(r.in_execute for r in recs) == running
 
     _wait_for(quiet, core.describe)
 
@@ -607,6 +599,7 @@ class BucketLifecycle(RuleBasedStateMachine):
 
     def _check(self) -> None:
         bucket = self._bucket()
+        bucket._core.life._check()  # the lifecycle's own invariants
         for rec in self.recs:
             self._check_rec(rec, hooks_may_wait=self.saturated)
         # The id map.

@@ -1,7 +1,8 @@
 """`TaskBucket`: the public face of wheelbucket.
 
-It checks arguments, keeps the id map, and hands everything else to the
-`Scheduler` (one thread driving the timing wheel) and its worker pool.
+It checks arguments and hands everything else to the `Core`: the task
+lifecycle (the id map and every state change), the scheduler thread driving
+the timing wheel, and the worker pool.
 """
 
 from __future__ import annotations
@@ -10,17 +11,16 @@ import datetime
 import logging
 import math
 import os
-import threading
 import time
 import weakref
 from typing import Any
 
-from ._args import MAX_DURATION, close_timeout, duration_ns, positive_int
+from ._args import MAX_DURATION, close_timeout, duration_ns, positive_int, task_id_arg
 from ._log import logger, safe_repr
 from .clock import Clock, MonotonicClock
-from .errors import BucketClosed, BucketFull, TaskExists, TaskNotFound
+from .core import Core, live_cores
+from .errors import TaskNotFound
 from .executor import HookPlan
-from .scheduler import AWAKE, INBOX_BATCH, Scheduler, take
 from .stats import BucketStats
 from .task import QUEUED, WAITING, TaskHandle, TaskType
 
@@ -86,11 +86,21 @@ class TaskBucket:
         self._max_bucket = positive_int(max_bucket, "max_bucket")
         # One shared int for every TIME_BOMB task filled with both defaults.
         self._bomb_life = self._life_span - self._run_after
+        # The durations reset() falls back to, one tuple shared by the tasks
+        # filled alike: TIME_BOMB and IMMEDIATE tasks with the defaults.
+        self._bomb_fill = (self._run_after, self._life_span)
+        self._now_fill = (0, self._life_span)
         # The last explicit (run_after, life_span) objects a TIME_BOMB fill
         # took, and their (delay, life) in ns. Programs fill in loops with
         # the same durations: a hit (by identity, so no type can slip in)
         # skips the conversions, and those tasks share one life int.
-        self._last_durations: tuple[object, object, int, int] = (None, None, 0, 0)
+        self._last_durations: tuple[object, object, int, int, tuple[int, int]] = (
+            None,
+            None,
+            0,
+            0,
+            (0, 0),
+        )
         if not isinstance(verbose, bool):
             raise TypeError(f"verbose must be a bool, got {type(verbose).__name__}")
         workers = positive_int(workers, "workers")
@@ -130,7 +140,7 @@ class TaskBucket:
                 raise TypeError(f"{arg} must be an int, got {type(value).__name__}")
             if not 1 <= value <= top:
                 raise ValueError(f"{arg} must be in [1, {top}], got {value!r}")
-        self._core = core = Scheduler(
+        self._core = core = Core(
             clock=clock,
             tick_ns=tick_ns,
             workers=workers,
@@ -141,8 +151,7 @@ class TaskBucket:
             name=name,
             use_uvloop=use_uvloop,
         )
-        core.start()
-        _live_cores.add(core)
+        live_cores.add(core)
         # Forgetting close() must neither leak threads nor hang the exit.
         self._finalizer = weakref.finalize(self, _close_forgotten, core)
         # Not at interpreter exit, though: the threads are daemons, and the
@@ -196,11 +205,13 @@ class TaskBucket:
             if run_after is None and life_span is None:
                 delay = self._run_after
                 life = self._bomb_life
+                fill = self._bomb_fill
             else:
                 last = self._last_durations
                 if run_after is last[0] and life_span is last[1]:
                     delay = last[2]
                     life = last[3]
+                    fill = last[4]
                 else:
                     # Inline fast paths for a plain float in range (NaN fails
                     # the comparison); anything else gets full checks.
@@ -217,8 +228,9 @@ class TaskBucket:
                     else:
                         span = duration_ns(life_span, "life_span", zero_ok=False)
                     life = span - delay
+                    fill = (delay, span)
                     if life > 0:
-                        self._last_durations = (run_after, life_span, delay, life)
+                        self._last_durations = (run_after, life_span, delay, life, fill)
             if life <= 0:
                 raise ValueError(
                     f"life_span ({(life + delay) / 1e9:g} s) must be greater than run_after "
@@ -226,76 +238,41 @@ class TaskBucket:
                 )
             state = WAITING
             due = now + delay
-            wake_for = due
         elif task_type is _IMMEDIATE:
             if run_after is not None:
                 duration_ns(run_after, "run_after", zero_ok=True)  # still check it
-            life = (
-                self._life_span
-                if life_span is None
-                else duration_ns(life_span, "life_span", zero_ok=False)
-            )
+            if life_span is None:
+                life = self._life_span
+                fill = self._now_fill
+            else:
+                life = duration_ns(life_span, "life_span", zero_ok=False)
+                fill = (0, life)
             state = QUEUED
             due = now
-            wake_for = now + life
         else:
             raise TypeError(
                 f"task_type must be TaskType.IMMEDIATE or TaskType.TIME_BOMB, "
                 f"got {safe_repr(task_type)}"
             )
-        task = TaskHandle(task_id, data, plan, state, due, life)
+        task = TaskHandle(task_id, data, plan, state, due, life, fill)
         core = self._core
-        tasks = core.tasks
-        lock = core.lock
-        if not lock.acquire(False):
-            take(lock)  # see take(): never join a lock convoy
-        try:
-            if core.closed:
-                raise BucketClosed(f"bucket is closed: cannot fill {safe_repr(task_id)}")
-            if task_id in tasks:
-                core.rejected_duplicate += 1
-                raise TaskExists(f"task {safe_repr(task_id)} is already in the bucket")
-            if len(tasks) >= self._max_bucket:
-                core.rejected_full += 1
-                raise BucketFull(
-                    f"bucket is full ({self._max_bucket} live tasks): cannot fill "
-                    f"{safe_repr(task_id)}"
-                )
-            tasks[task_id] = task
-            core.filled += 1
-        finally:
-            lock.release()
+        core.life.admit(task, self._max_bucket)
         # Logged before the hand-off, so "filled" never follows "executing".
         level = self._log_level
         if logger.isEnabledFor(level):
             logger.log(level, "task %s filled (%s)", safe_repr(task_id), task_type.name)
+        sched = core.sched
         if state == WAITING:
-            # A TIME_BOMB task only goes to the inbox (a lock-free deque
-            # append; inline, since this runs once per fill), and the
-            # scheduler is woken only if this deadline is the new earliest,
-            # or to apply a full batch. Scheduler.submit() is for IMMEDIATE.
-            inbox = core.inbox
-            inbox.append(task)
-            if wake_for < core.wake_at or not len(inbox) % INBOX_BATCH:
-                core.wake.set()
+            sched.submit(task, due)  # the wheel files it at its due time
         else:
-            core.submit(task, wake_for)
+            core.submit(task, due + life)
         # Due work first. Under the GIL the scheduler and the workers only run
         # while this thread does not, so a program that fills flat out starves
         # its own timers. When the scheduler oversleeps its deadline, or the
         # oldest task queued for a worker is late, give up the GIL once: never
         # a wait on a lock or a task, at most one thread switch.
-        late = now - STARVED_NS
-        if AWAKE < core.wake_at < late:
+        if sched.late(now - STARVED_NS):
             _sleep(0)
-        else:
-            work = core.pool.work
-            if work:
-                try:
-                    if work[0]._due < late:
-                        _sleep(0)
-                except IndexError:  # a worker took it meanwhile
-                    pass
         return task
 
     def drain(self, task_id: str) -> None:
@@ -307,12 +284,43 @@ class TaskBucket:
         Raises:
             TaskNotFound: `task_id` is not live (unknown, or already ended).
         """
-        if type(task_id) is not str:
-            raise TypeError(f"task_id must be a str, got {type(task_id).__name__}")
-        if not task_id:
-            raise ValueError("task_id must be a non-empty str")
-        if self._core.drain(task_id) is None:
+        if type(task_id) is not str or not task_id:
+            task_id_arg(task_id)
+        if not self._core.drain(task_id):
             raise TaskNotFound(f"no live task {safe_repr(task_id)}")
+
+    def reset(
+        self,
+        task_id: str,
+        *,
+        run_after: float | datetime.timedelta | None = None,
+        life_span: float | datetime.timedelta | None = None,
+    ) -> TaskHandle:
+        """Move a live task's timers without ending it (Go's ``Timer.Reset``).
+
+        A TIME_BOMB task still waiting to start is due `run_after` seconds
+        from now and its life span ends `life_span` seconds from now; a task
+        queued or running keeps its start and only its life span moves (its
+        ``ctx.deadline`` follows). Each defaults to the value the task was
+        filled with. Returns the task's handle; no ending, no hook.
+
+        Raises:
+            TaskNotFound: `task_id` is not live (unknown, or already ended).
+            ValueError: `run_after` for a task not waiting to start, or a
+                life span not longer than the run-after; TypeError,
+                ValueError for a bad value. A refused reset changes nothing.
+
+        Runtime complexity: O(1). A timer moved later stays where it is
+        filed until then (docs/wheel.md), so touching a task often is cheap.
+        """
+        if type(task_id) is not str or not task_id:
+            task_id_arg(task_id)
+        delay = None if run_after is None else duration_ns(run_after, "run_after", zero_ok=True)
+        span = None if life_span is None else duration_ns(life_span, "life_span", zero_ok=False)
+        task = self._core.life.reset(task_id, delay, span)
+        if task is None:
+            raise TaskNotFound(f"no live task {safe_repr(task_id)}")
+        return task
 
     def rescue(self) -> list[str]:
         """Hand every live task back to the program through ``on_panic``.
@@ -340,30 +348,33 @@ class TaskBucket:
         timeout = close_timeout(wait, timeout, rescue)
         self._core.close(wait=wait, timeout=timeout, rescue=rescue, join_timeout=1.0)
         self._finalizer.detach()
-        _live_cores.discard(self._core)
+        live_cores.discard(self._core)
 
     def __enter__(self) -> TaskBucket:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+            # Ctrl-C (or an exit) is a crash: do not wait for live tasks, hand
+            # every one to on_panic and leave at once (SPEC, close).
+            self.close(wait=False, rescue=True)
+        else:
+            self.close()
 
     # -- introspection --------------------------------------------------------
 
     def __len__(self) -> int:
         """Number of live tasks (pending or running)."""
-        return len(self._core.tasks)
+        return len(self._core.life.tasks)
 
     def __contains__(self, task_id: object) -> bool:
-        return task_id in self._core.tasks
+        return task_id in self._core.life.tasks
 
     def get(self, task_id: str) -> TaskHandle | None:
         """The handle of live task `task_id`, or None."""
-        if type(task_id) is not str:
-            raise TypeError(f"task_id must be a str, got {type(task_id).__name__}")
-        if not task_id:
-            raise ValueError("task_id must be a non-empty str")
-        return self._core.tasks.get(task_id)
+        if type(task_id) is not str or not task_id:
+            task_id_arg(task_id)
+        return self._core.life.tasks.get(task_id)
 
     def stats(self) -> BucketStats:
         """A consistent snapshot of the counters (see `BucketStats`)."""
@@ -397,10 +408,10 @@ class TaskBucket:
     @property
     def closed(self) -> bool:
         """True once close() has begun."""
-        return self._core.closed
+        return self._core.life.closed
 
     def __repr__(self) -> str:
-        state = "closed" if self._core.closed else "open"
+        state = "closed" if self._core.life.closed else "open"
         return f"<TaskBucket {self._core.name!r} {state} live={len(self)}>"
 
     # -- internals -------------------------------------------------------------
@@ -417,9 +428,9 @@ class TaskBucket:
         return plan
 
 
-def _close_forgotten(core: Scheduler) -> None:
+def _close_forgotten(core: Core) -> None:
     """The bucket was garbage-collected without close(): stop its threads."""
-    live = len(core.tasks)
+    live = len(core.life.tasks)
     if live:
         logger.warning(
             "%s was garbage-collected with %d live tasks and no close(); they were drained",
@@ -427,33 +438,14 @@ def _close_forgotten(core: Scheduler) -> None:
             live,
         )
     core.close(wait=False, timeout=None, rescue=False, join_timeout=0.1)
-    _live_cores.discard(core)
-
-
-# -- fork safety -------------------------------------------------------------
-
-_live_cores: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+    live_cores.discard(core)
 
 
 def _after_fork_in_child() -> None:
-    """A forked child inherits the bucket's state but none of its threads.
-
-    Its buckets are closed on the spot, with fresh locks so nothing can hang:
-    fill raises BucketClosed, drain raises TaskNotFound. The parent's tasks
-    are the parent's; the child starts its own bucket.
-    """
-    for core in list(_live_cores):
-        core.lock = threading.RLock()
-        core.closed = True
-        core.stopping = True
-        core.tasks.clear()
-        core.inbox.clear()
-        core.pool.work.clear()
-        core.pool.hooks.clear()
-        core.pool.threads.clear()
-        core.pool._lock = threading.RLock()
-        core.close_done.set()
-    _live_cores.clear()
+    """A forked child inherits the buckets' state but none of their threads: close them."""
+    for core in list(live_cores):
+        core.after_fork_in_child()
+    live_cores.clear()
 
 
 if hasattr(os, "register_at_fork"):

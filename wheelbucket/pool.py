@@ -7,6 +7,11 @@ worker parks on its own lock; whoever adds work unparks one idle worker, and
 a worker that takes a task while more is waiting unparks one more, so the
 number of busy threads follows the backlog without a thundering herd.
 
+An ending hook never waits behind live tasks: when every worker is busy,
+`submit_hook` starts a *hook helper* at once, a thread that serves only the
+hooks queue and exits when it is empty, within the same bound of extra
+threads that replacements use.
+
 A worker whose task ended under it (drained, exhausted or rescued while
 ``on_execute`` ran) is *stuck* in user code: a thread cannot be killed. It
 stops counting as a worker and a replacement starts, up to `max_extra`
@@ -20,13 +25,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._log import logger
-
-if TYPE_CHECKING:
-    from .scheduler import Scheduler
-    from .task import TaskHandle
+from .task import TaskHandle
 
 __all__ = ["Worker", "WorkerPool"]
 
@@ -34,10 +36,12 @@ __all__ = ["Worker", "WorkerPool"]
 class Worker:
     """One pool thread."""
 
-    __slots__ = ("_park", "busy", "in_idle", "pool", "stuck", "thread")
+    __slots__ = ("_park", "busy", "helper", "in_idle", "pool", "stuck", "thread")
 
-    def __init__(self, pool: WorkerPool, name: str) -> None:
+    def __init__(self, pool: WorkerPool, name: str, *, helper: bool = False) -> None:
         self.pool = pool
+        # A hook helper serves the hooks queue only, and exits when it is empty.
+        self.helper = helper
         # Invariant: busy is False only while the worker is parked or about
         # to park with every queue seen empty (settle() relies on it).
         self.busy = True
@@ -59,11 +63,13 @@ class Worker:
 
     def _run(self) -> None:
         pool = self.pool
-        core = pool.core
+        if self.helper:
+            pool.serve_hooks(self)
+            return
         work = pool.work
         hooks = pool.hooks
         idle = pool.idle
-        execute = core.execute
+        execute = pool.execute
         # This loop is the worker: hooks first, then tasks, then park.
         while True:
             if hooks:
@@ -100,8 +106,15 @@ class Worker:
 class WorkerPool:
     """`workers` threads (started on demand) plus bounded replacements."""
 
-    def __init__(self, core: Scheduler, workers: int, max_extra: int, name: str) -> None:
-        self.core = core
+    def __init__(
+        self,
+        execute: Callable[[TaskHandle, Worker], None],
+        workers: int,
+        max_extra: int,
+        name: str,
+    ) -> None:
+        #: Runs one task on the calling worker (`calls.Calls.execute`).
+        self.execute = execute
         self.size = workers
         self.max_extra = max_extra
         self.name = name
@@ -114,6 +127,7 @@ class WorkerPool:
         # active == threads - (workers stuck in user code).
         self.threads: list[Worker] = []
         self.active = 0
+        self.helpers = 0  # hook helpers running (counted in threads, not active)
         self.stuck = 0
         self.replaced = 0
         self._serial = 0
@@ -125,9 +139,60 @@ class WorkerPool:
         self.nudge()
 
     def submit_hook(self, job: Callable[[], None]) -> None:
-        """Queue an ending hook, served before any task."""
+        """Queue an ending hook, served before any task, and see that a thread runs it now.
+
+        An idle worker takes it; with none idle and the pool full, a hook
+        helper starts (within the bound of extra threads), so the hook never
+        waits for a busy worker to free up.
+        """
         self.hooks.append(job)
-        self.nudge()
+        if self.idle:
+            self.wake_one()
+        elif self.active < self.size:
+            self._grow()
+        elif not self.helpers:
+            self.add_helper()
+
+    def add_helper(self) -> None:
+        """Start a hook helper, unless the bound of extra threads is reached."""
+        with self._lock:
+            if self.stopping or not self.hooks:
+                return
+            if len(self.threads) >= self.size + self.max_extra:
+                if not self._bound_logged:
+                    self._bound_logged = True
+                    logger.warning(
+                        "%s: every thread is busy and the bound of %d extra threads is "
+                        "reached; ending hooks wait for one",
+                        self.name,
+                        self.max_extra,
+                    )
+                return
+            self._serial += 1
+            worker = Worker(self, f"{self.name}-hooks-{self._serial}", helper=True)
+            self.threads.append(worker)
+            self.helpers += 1
+            worker.thread.start()
+
+    def serve_hooks(self, worker: Worker) -> None:
+        """A hook helper's life: run queued hooks until there are none, then exit."""
+        hooks = self.hooks
+        while not self.stopping:
+            try:
+                job = hooks.popleft()
+            except IndexError:
+                with self._lock:
+                    if hooks and not self.stopping:
+                        continue  # one came in as we looked: serve it
+                    self.helpers -= 1
+                    self.threads.remove(worker)
+                    self._bound_logged = False
+                return
+            job()
+            del job
+        with self._lock:
+            self.helpers -= 1
+            self.threads.remove(worker)
 
     def nudge(self) -> None:
         """Make sure one worker is awake for the queued work.
@@ -248,6 +313,18 @@ class WorkerPool:
             if counted:
                 self.active -= 1
 
+    def heads(self) -> tuple[object, object]:
+        """The oldest queued hook and task (None where a queue is empty), for the stall watch."""
+        try:
+            hook: object = self.hooks[0]
+        except IndexError:
+            hook = None
+        try:
+            task: object = self.work[0]
+        except IndexError:
+            task = None
+        return hook, task
+
     def stop(self, timeout: float) -> list[Worker]:
         """Ask every worker to exit and join them; return those that did not."""
         with self._lock:
@@ -265,6 +342,15 @@ class WorkerPool:
             if worker.thread.is_alive():
                 left.append(worker)
         return left
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: no thread of ours exists there; nothing queued may run."""
+        self._lock = threading.RLock()
+        self.stopping = True
+        self.work.clear()
+        self.hooks.clear()
+        self.idle.clear()
+        self.threads.clear()
 
     def busy_count(self) -> int:
         return sum(1 for worker in list(self.threads) if worker.busy)

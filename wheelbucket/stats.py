@@ -15,7 +15,9 @@ class BucketStats:
     ``filled == finished + failed + exhausted + drained + rescued + live``.
     Lateness is how long after its due time ``on_execute`` started (seconds),
     from a histogram with 1/8-octave buckets: quantiles are exact to within
-    12.5 % and never low, ``lateness_max`` is exact.
+    12.5 % and never low, ``lateness_max`` is exact. ``reset`` counts the
+    calls of `TaskBucket.reset` that moved a task (refused ones are not
+    counted).
     """
 
     live: int
@@ -30,6 +32,7 @@ class BucketStats:
     rejected_full: int
     rejected_duplicate: int
     hook_errors: int
+    reset: int
     executed: int
     lateness_p50: float
     lateness_p99: float

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
 import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,6 @@ from .wheel import TimerEntry
 
 if TYPE_CHECKING:
     from .clock import Clock
-    from .pool import Worker
 
 __all__ = ["TaskContext", "TaskHandle", "TaskState", "TaskType"]
 
@@ -79,16 +79,23 @@ _ENDING_ERROR: dict[int, type[Exception]] = {
 }
 
 
+# What runs a done callback added after the task ended (calls.Calls.callback):
+# it contains and counts what the callback raises.
+Runner = Callable[[Callable[["TaskHandle"], object], "TaskHandle"], None]
+
+
 class _Waiters:
     """What a handle needs once somebody waits on it; made on first use."""
 
-    __slots__ = ("callbacks", "event", "lock")
+    __slots__ = ("callbacks", "event", "lock", "runner")
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.lock = threading.RLock()  # re-entrant for rescue() in a signal handler
         # Invariant: None once the task has ended and its callbacks were taken.
         self.callbacks: list[Callable[[TaskHandle], object]] | None = []
+        # Set when the task is done, by its bucket: runs late callbacks.
+        self.runner: Runner | None = None
 
     def release(self) -> list[Callable[[TaskHandle], object]]:
         with self.lock:
@@ -101,6 +108,16 @@ class _Waiters:
 _WAITERS_LOCK = threading.Lock()
 
 
+def _reinit_after_fork() -> None:
+    # A thread of the parent may have held it at fork(): the child's copy
+    # would stay locked forever (CPython's threading.py does the same).
+    _WAITERS_LOCK._at_fork_reinit()  # type: ignore[attr-defined]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)
+
+
 class TaskHandle(TimerEntry):
     """A filled task, as `fill` returns it.
 
@@ -108,7 +125,7 @@ class TaskHandle(TimerEntry):
     or ``await`` it from any asyncio event loop.
     """
 
-    __slots__ = ("_ctx", "_data", "_due", "_life", "_plan", "_state", "_waiters", "id")
+    __slots__ = ("_ctx", "_data", "_due", "_fill", "_life", "_plan", "_state", "_waiters", "id")
 
     # Invariant: _state only grows. It changes under the bucket's lock, but
     #   for the final clearing of HOOK_PENDING by the thread that ran the hook.
@@ -126,8 +143,21 @@ class TaskHandle(TimerEntry):
     _life: int
     _ctx: TaskContext | None  # while RUNNING
     _waiters: _Waiters | None
+    # Invariant: while live, (run_after, life_span) in ns as filled, for
+    #   reset()'s defaults; a tuple shared by the tasks filled alike. The
+    #   twelfth slot costs no memory: objects come in 16-byte size classes.
+    _fill: tuple[int, int] | None
 
-    def __init__(self, task_id: str, data: Any, plan: Any, state: int, due: int, life: int):
+    def __init__(
+        self,
+        task_id: str,
+        data: Any,
+        plan: Any,
+        state: int,
+        due: int,
+        life: int,
+        fill: tuple[int, int],
+    ):
         self._wheel_prev = None
         self._wheel_next = None
         self.id = task_id
@@ -138,6 +168,7 @@ class TaskHandle(TimerEntry):
         self._life = life
         self._ctx = None
         self._waiters = None
+        self._fill = fill
 
     # -- public -----------------------------------------------------------
 
@@ -178,16 +209,19 @@ class TaskHandle(TimerEntry):
 
         Callbacks run on the thread that ends the task; one that raises is
         logged and counted in ``hook_errors`` like any hook error. A callback
-        added after the end runs at once on the calling thread; what it
-        raises is logged but not counted (an ended task no longer knows its
-        bucket).
+        added after the end runs at once on the calling thread, and what it
+        raises is logged and counted the same way.
         """
         waiters = self._ensure_waiters()
         with waiters.lock:
             if waiters.callbacks is not None:
                 waiters.callbacks.append(fn)
                 return
-        _call_done_callback(fn, self)
+        runner = waiters.runner
+        if runner is not None:
+            runner(fn, self)
+        else:  # pragma: no cover - only a waiter made in the instant the task ended
+            _call_alone(fn, self)
 
     def __await__(self) -> Generator[Any, None, Any]:
         """``await handle``: the result, or the exception, as `result()` gives it.
@@ -263,10 +297,11 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _call_done_callback(fn: Callable[[TaskHandle], object], handle: TaskHandle) -> None:
+def _call_alone(fn: Callable[[TaskHandle], object], handle: TaskHandle) -> None:
+    """A late done callback whose bucket is unknown: contained and logged."""
     try:
         fn(handle)
-    except Exception:
+    except BaseException:
         logger.exception("done callback of task %s raised", safe_repr(handle.id))
 
 
@@ -281,7 +316,7 @@ class TaskContext:
     __slots__ = ("_aio_task", "_cancelled", "_clock", "_wake", "deadline", "task_id", "worker")
 
     def __init__(
-        self, task_id: str, deadline: float, clock: Clock, worker: Worker | None = None
+        self, task_id: str, deadline: float, clock: Clock, worker: object | None = None
     ) -> None:
         self.task_id = task_id
         #: Monotonic time (seconds) at which the task's life span ends.
