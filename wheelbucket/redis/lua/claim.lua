@@ -1,0 +1,45 @@
+-- One round of a member's pump: take up to `n` due tasks of its executors,
+-- and read the revocations (tasks taken away from it) waiting for it.
+-- ARGV: P me n lookahead_us nctl ex...
+-- Returns {now, the earliest due time left in its queues (-1: none left),
+-- the revocation entries "tok id", and the tasks taken, flat, each as
+-- id tok typ due dl ex data doom}.
+local P, me = ARGV[1], ARGV[2]
+local n = tonumber(ARGV[3])
+local now = now_us()
+local horizon = num(now + tonumber(ARGV[4]))
+local ctl = redis.call('LRANGE', P .. 'ctl:' .. me, 0, tonumber(ARGV[5]) - 1)
+local out = {}
+local nxt = -1
+for i = 6, #ARGV do
+  local ex = ARGV[i]
+  local q = P .. 'q:' .. ex
+  if n > 0 then
+    local ids = redis.call('ZRANGEBYSCORE', q, '-inf', horizon, 'LIMIT', 0, n)
+    for _, id in ipairs(ids) do
+      redis.call('ZREM', q, id)
+      local key = P .. 't:' .. id
+      local f = redis.call('HMGET', key, 'tok', 'typ', 'due', 'dl', 'd', 'doom', 'own')
+      if f[1] and f[7] == '' then
+        redis.call('HSET', key, 'own', me)
+        redis.call('SADD', P .. 'by:' .. me, id)
+        local k = #out
+        out[k + 1] = id
+        out[k + 2] = f[1]
+        out[k + 3] = f[2]
+        out[k + 4] = f[3]
+        out[k + 5] = f[4]
+        out[k + 6] = ex
+        out[k + 7] = f[5] or ''
+        out[k + 8] = f[6] or ''
+        n = n - 1
+      end
+    end
+  end
+  local first = redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')
+  if first[2] then
+    local s = tonumber(first[2])
+    if nxt < 0 or s < nxt then nxt = s end
+  end
+end
+return {num(now), num(nxt), ctl, out}

@@ -1,0 +1,8 @@
+-- Helpers put in front of the scripts that read the server's clock.
+-- Times are whole microseconds of the Redis server's clock (TIME); num()
+-- formats one without an exponent, as Lua numbers are doubles.
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function num(x) return string.format('%.0f', x) end

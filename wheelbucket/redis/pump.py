@@ -1,0 +1,487 @@
+"""The pump: the one thread per process that talks to the group, and what it knows.
+
+It heartbeats, claims due tasks into the local bucket, applies revocations
+(tasks other processes took from this one), reaps dead members, releases
+the endings Redis could not hear of when they happened, and records the
+tasks held here again when Redis lost the group. It owns the state of the
+link to Redis: reachable or not, since when, the group's nonce, and the
+lease (how long the group cannot have presumed this process dead).
+
+`end` and `may_start` are what the shared executors call on a worker: they
+read that state, so they live here too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+
+from .._log import safe_repr
+from ..bucket import TaskBucket
+from ..executor import HookPlan
+from ..task import TaskType
+from .errors import UNREACHABLE
+from .hooks import SharedExecutor
+from .records import Holdings, Record
+from .serializer import Serializer, decode
+from .store import Claimed, GroupStore, Released, StoredTask
+
+__all__ = ["Pump"]
+
+logger = logging.getLogger("wheelbucket.redis")
+
+# A process that has not heartbeated for this share of dead_after may have
+# been presumed dead: it checks with Redis before it starts a task.
+_LEASE = 0.8
+# How often the pump looks for orphaned records unprompted, in dead_after periods.
+_SCAN_PERIODS = 30
+# The life span given to a task that is already past its deadline when it
+# is claimed: it ends EXHAUSTED on the first tick of the local wheel.
+_DOOMED_SPAN = 1e-6
+# The first wait before retrying Redis after an error; it doubles up to a heartbeat.
+_FIRST_BACKOFF = 0.05
+# How soon to look again at a queue whose due tasks could not all be taken.
+_LOOK_AGAIN = 0.05
+_INF = math.inf
+
+
+class Pump:
+    """Heartbeats, claims, revocations, releases and recovery for one `SharedBucket`.
+
+    Args:
+        store: the group in Redis.
+        holdings: the tasks this process holds.
+        bucket: the local bucket (its public API only).
+        serializer: decodes the data of claimed tasks.
+        plans: the user's executors by name; the pump makes the executors
+            the local bucket runs shared tasks with (see `executor_for`).
+        heartbeat, dead_after: seconds, as `SharedBucket` takes them.
+        claim_batch: most tasks claimed in one round trip.
+        claiming: False for a producer, which claims nothing.
+    """
+
+    def __init__(
+        self,
+        store: GroupStore,
+        holdings: Holdings,
+        bucket: TaskBucket,
+        serializer: Serializer,
+        plans: Mapping[str, HookPlan],
+        *,
+        heartbeat: float,
+        dead_after: float,
+        claim_batch: int,
+        claiming: bool,
+    ) -> None:
+        self._store = store
+        self._holdings = holdings
+        self._bucket = bucket
+        self._max_bucket = bucket.max_bucket
+        self._serializer = serializer
+        self._group = store.group
+        self._member = store.member
+        self._heartbeat = heartbeat
+        self._dead_after = dead_after
+        self._claim_batch = claim_batch
+        self._claiming = claiming
+        # Per executor name: the executor of normal tasks, and of doomed ones.
+        self._executors = {
+            name: (
+                SharedExecutor(plan, doomed=False, end=self.end, may_start=self.may_start),
+                SharedExecutor(plan, doomed=True, end=self.end, may_start=self.may_start),
+            )
+            for name, plan in plans.items()
+        }
+        self._names = sorted(plans)
+        self._stopping = False
+        self._wake = threading.Event()
+        # Due tasks wait in Redis for room here: a task ending here wakes the pump.
+        self._backlog = False
+        self._maybe_orphans = False
+        self._online = True
+        self._connected_since = time.monotonic()
+        self._nonce = ""
+        # When to claim next (monotonic; 0: at once, inf: when woken).
+        self._next_claim = 0.0
+        # Until then (monotonic), the group cannot have presumed us dead.
+        self._lease_until = 0.0
+        self._thread = threading.Thread(
+            target=self._run, name=f"wheelbucket-shared-{self._group}", daemon=True
+        )
+
+    # -- for the SharedBucket -----------------------------------------------------
+
+    def first_beat(self) -> None:
+        """Join the group: one heartbeat, before the thread starts (raises UNREACHABLE)."""
+        self._beat(reap=False)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def executor_for(self, name: str) -> SharedExecutor:
+        """The executor the local bucket runs a shared task of executor `name` with."""
+        return self._executors[name][0]
+
+    @property
+    def connected(self) -> bool:
+        """Could Redis be reached the last time the pump or a hook tried?"""
+        return self._online
+
+    def note_error(self, exc: BaseException) -> None:
+        """Redis could not be reached: count it, go offline, let the pump retry."""
+        self._holdings.count_redis_error()
+        if self._online:
+            self._online = False
+            self._connected_since = _INF
+            logger.warning("group %r: Redis unreachable: %s", self._group, exc)
+        self._wake.set()
+
+    def suspect_orphans(self) -> None:
+        """A record may exist in Redis without its local task: the pump looks soon."""
+        self._maybe_orphans = True
+
+    def release_quietly(self, rec: Record) -> None:
+        """Take `rec` out of the group without an ending (its fill failed here)."""
+        try:
+            self._store.release(rec.id, rec.token)
+        except UNREACHABLE as exc:
+            self.note_error(exc)
+            self._maybe_orphans = True
+
+    def hand_back(self, rec: Record) -> None:
+        """Queue `rec`, recorded as ours, for the group: it did not fit here after all."""
+        try:
+            self._store.requeue(rec.id, rec.token)
+        except UNREACHABLE as exc:
+            self.note_error(exc)
+            self._maybe_orphans = True  # the pump requeues it when Redis is back
+
+    def heard(self, urgent: bool) -> None:
+        """The listener heard news: for this process (`urgent`), or a task was queued."""
+        if urgent or self.room():
+            self._wake.set()
+        else:
+            self._backlog = True
+
+    def stop_claiming(self) -> None:
+        """From now on the pump claims nothing (close has begun)."""
+        self._claiming = False
+
+    def stop(self) -> None:
+        """End the thread's loop after its last releases (see `join`)."""
+        self._stopping = True
+        self._wake.set()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child, which has no pump thread: claim nothing, never run."""
+        self._claiming = False
+        self._stopping = True
+
+    # -- endings (on a worker) ----------------------------------------------------
+
+    def end(self, rec: Record, ending: str) -> bool:
+        """A shared task ended here: take it out of the group. True: run its hook.
+
+        Called from the shared executors' ending hooks (on a worker) and from drain.
+        """
+        if rec.revoked:
+            self._forget(rec)
+            return False
+        if self._online:
+            try:
+                status = self._store.release(rec.id, rec.token, ending)
+            except UNREACHABLE as exc:
+                self.note_error(exc)
+            else:
+                return self._released(rec, status)
+        # Redis is down: run the hook now, tell Redis when it is back (the pump
+        # retries), and do not make every ending wait for a socket timeout.
+        rec.ending = ending
+        self._holdings.defer_release(rec)
+        return True
+
+    def may_start(self, rec: Record) -> bool:
+        """May `rec`'s on_execute start? False if it was taken from this process.
+
+        Cheap while our heartbeats are fresh. After a pause (or while Redis
+        is unreachable) the group may have presumed us dead and taken the
+        task before we heard of it: then ask Redis (one round trip). If Redis
+        cannot answer, the task starts: availability wins, see docs/shared.md.
+        """
+        if rec.revoked:
+            return False
+        if time.monotonic() < self._lease_until or not self._online:
+            return True  # fresh; or Redis is down, we cannot know: availability wins
+        try:
+            holder = self._store.holder(rec.id)
+        except UNREACHABLE:
+            return True
+        if holder.nonce is not None and holder.nonce != self._nonce:
+            return True  # Redis lost the group; the pump records our tasks again
+        if holder.token == rec.token and holder.owner == self._member:
+            return True
+        self._holdings.revoke(rec)
+        logger.debug("task %s was taken from this process before it started", safe_repr(rec.id))
+        return False
+
+    def _released(self, rec: Record, status: Released) -> bool:
+        if status is Released.TAKEN or (status is Released.UNKNOWN and rec.revoked):
+            self._forget(rec, revoke=True)
+            logger.debug("task %s was taken from this process; no hook here", safe_repr(rec.id))
+            return False
+        if status is Released.UNKNOWN:
+            logger.warning(
+                "task %s ended here but Redis had no record of it (did Redis lose its data?)",
+                safe_repr(rec.id),
+            )
+        self._forget(rec)
+        return True
+
+    def _forget(self, rec: Record, *, revoke: bool = False) -> None:
+        """`rec` has left the group; a claim may use its room."""
+        self._holdings.forget(rec, revoke=revoke)
+        if self._backlog:
+            self._wake.set()
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        """Heartbeats, claims, revocations and recovery, until stop()."""
+        next_beat = time.monotonic() + self._heartbeat
+        next_scan = time.monotonic() + _SCAN_PERIODS * self._dead_after
+        retry_at = 0.0
+        backoff = _FIRST_BACKOFF
+        # This 'while' loop right here is the group layer of this process.
+        while True:
+            now = time.monotonic()
+            target = retry_at if not self._online else min(next_beat, self._next_claim)
+            if target > now:
+                self._wake.wait(target - now)
+            self._wake.clear()
+            if self._stopping:
+                break
+            now = time.monotonic()
+            if not self._online and now < retry_at:
+                continue
+            try:
+                if not self._online or now >= next_beat:
+                    self._beat(reap=True)
+                    next_beat = time.monotonic() + self._heartbeat
+                if self._holdings.has_unreleased:
+                    self._flush_releases()
+                if self._maybe_orphans or now >= next_scan:
+                    self._scan_orphans()
+                    next_scan = time.monotonic() + _SCAN_PERIODS * self._dead_after
+                self._round()
+                backoff = _FIRST_BACKOFF
+            except UNREACHABLE as exc:
+                self.note_error(exc)
+                retry_at = time.monotonic() + backoff
+                backoff = min(backoff * 2, self._heartbeat)
+            except Exception:  # a bug: say so, and keep the group alive
+                logger.exception("group %r: the shared-bucket pump failed", self._group)
+                self._next_claim = time.monotonic() + self._heartbeat
+                next_beat = min(next_beat, self._next_claim)
+        # Last releases before the sweep in close().
+        try:
+            if self._holdings.has_unreleased:
+                self._flush_releases()
+        except UNREACHABLE:
+            pass
+
+    def _beat(self, *, reap: bool) -> None:
+        sent = time.monotonic()
+        beat = self._store.heartbeat()
+        if not self._online:
+            self._online = True
+            self._connected_since = time.monotonic()
+            self._maybe_orphans = True
+            self._wake.set()
+            logger.warning("group %r: Redis reachable again", self._group)
+        if not self._nonce:
+            self._nonce = beat.nonce
+        elif beat.nonce != self._nonce:
+            self._nonce = beat.nonce
+            self._on_reset()
+        elif not beat.was_member:
+            logger.error(
+                "group %r: this process was presumed dead (no heartbeat for %g s); "
+                "the tasks taken from it end elsewhere",
+                self._group,
+                self._dead_after,
+            )
+            # Apply the revocations before the lease lets tasks start unchecked.
+            self._round()
+        self._lease_until = sent + _LEASE * self._dead_after
+        if reap and time.monotonic() - self._connected_since >= self._dead_after:
+            reaped = self._store.reap(round(self._dead_after * 1e6))
+            if reaped.requeued or reaped.gone:
+                self._holdings.count_reaped(reaped.requeued)
+                logger.warning(
+                    "group %r: %d tasks of dead members %s will end EXHAUSTED",
+                    self._group,
+                    reaped.requeued,
+                    reaped.gone or "(still being reaped)",
+                )
+
+    def _on_reset(self) -> None:
+        """Redis lost the group (restarted without persistence): record our tasks again."""
+        recs = self._holdings.note_reset()
+        logger.error(
+            "group %r: Redis lost the group's state (restarted without persistence?); "
+            "tasks that were waiting in Redis are lost; recording the %d tasks held here again",
+            self._group,
+            len(recs),
+        )
+        self._store.restore_many(
+            [StoredTask(r.id, r.token, r.typ, r.due, r.dl, r.ex, r.payload) for r in recs]
+        )
+        # A task that ended meanwhile found no record to release: take out the
+        # one just restored for it, or it would look orphaned and run again.
+        for rec in self._holdings.not_held(recs):
+            self.release_quietly(rec)
+
+    def _flush_releases(self) -> None:
+        recs = self._holdings.take_unreleased()
+        try:
+            replies = self._store.release_many([(r.id, r.token, r.ending) for r in recs])
+        except BaseException:
+            self._holdings.put_back_unreleased(recs)
+            raise
+        for rec, status in zip(recs, replies, strict=True):
+            self._released(rec, status)
+
+    def _scan_orphans(self) -> None:
+        """Records Redis says we hold but we do not (a fill broken mid-way): requeue them."""
+        self._maybe_orphans = False
+        orphans = self._holdings.orphans(self._store.owned_ids())
+        if not orphans:
+            return
+        moved = self._store.requeue_many((task_id, "") for task_id in orphans)
+        if moved:
+            logger.warning(
+                "group %r: %d orphaned tasks handed back to the group", self._group, moved
+            )
+
+    def room(self) -> int:
+        """How many tasks the next claim may take."""
+        if not self._claiming:
+            return 0
+        return max(0, min(self._max_bucket - len(self._bucket), self._claim_batch))
+
+    def _round(self) -> None:
+        """Claim what fits, apply revocations, and decide when to look again."""
+        room = self.room()
+        lookahead_us = round(self._heartbeat * 1e6)
+        claim = self._store.claim(room, lookahead_us, self._names)
+        if claim.revocations:
+            self._holdings.revoke_all(claim.revocations)
+            # Only now, so that a release racing with this finds either the
+            # entry or the revoked flag.
+            self._store.ack_revocations(claim.revocations)
+        now = claim.now_us
+        taken = len(claim.tasks)
+        put_back = self._take(now, claim.tasks) if claim.tasks else 0
+        nxt = claim.next_us
+        if nxt < 0:
+            self._backlog = False
+            self._next_claim = _INF
+        elif nxt <= now + lookahead_us:
+            # More is due than we took: take more at once if there is room,
+            # else when a task here ends (the backlog flag wakes us).
+            self._backlog = True
+            if put_back or taken < room:
+                # Some did not fit after all, or the queue holds records we
+                # may not take: look again a little later, not in a loop.
+                self._next_claim = time.monotonic() + min(_LOOK_AGAIN, self._heartbeat)
+            else:
+                self._next_claim = 0.0 if self.room() else _INF
+        else:
+            self._backlog = False
+            self._next_claim = time.monotonic() + (nxt - lookahead_us - now) / 1e6
+        if claim.more_revocations:
+            self._next_claim = 0.0
+
+    def _take(self, now_us: int, tasks: list[Claimed]) -> int:
+        """Put claimed tasks into the local bucket; hand back (and count) what does not fit."""
+        back: list[Record] = []
+        for task in tasks:
+            data, error = decode(self._serializer, task.id, task.payload)
+            rec = Record(
+                task.id, task.token, data, task.typ, task.due, task.dl, task.ex, task.payload
+            )
+            rec.error = error
+            due_us, dl_us = int(rec.due), int(rec.dl)
+            normal, doomed_executor = self._executors[rec.ex]
+            if task.doomed or dl_us <= now_us:
+                placed = self._holdings.place_claimed(
+                    rec,
+                    doomed_executor,
+                    TaskType.IMMEDIATE,
+                    run_after=None,
+                    life_span=_DOOMED_SPAN,
+                    doomed=True,
+                )
+            elif due_us > now_us:
+                placed = self._holdings.place_claimed(
+                    rec,
+                    normal,
+                    TaskType.TIME_BOMB,
+                    run_after=(due_us - now_us) / 1e6,
+                    life_span=(dl_us - now_us) / 1e6,
+                    doomed=False,
+                )
+            else:
+                placed = self._holdings.place_claimed(
+                    rec,
+                    normal,
+                    TaskType.IMMEDIATE,
+                    run_after=None,
+                    life_span=(dl_us - now_us) / 1e6,
+                    doomed=False,
+                )
+            if not placed:
+                back.append(rec)
+        if back:
+            self._store.requeue_many((rec.id, rec.token) for rec in back)
+        return len(back)
+
+    # -- close ------------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """At close: the tasks the local close drained, and pending releases, leave the group.
+
+        Called once the thread has ended; retries for a while if Redis is unreachable.
+        """
+        recs = self._holdings.take_for_sweep()
+        if not recs:
+            return
+        deadline = time.monotonic() + self._heartbeat + 2.0
+        while (error := self._release_all(recs)) is not None:
+            if time.monotonic() >= deadline:
+                logger.error(
+                    "group %r: %d tasks could not be taken out of the group (%s); "
+                    "the other processes will end them EXHAUSTED after %g s",
+                    self._group,
+                    len(recs),
+                    error,
+                    self._dead_after,
+                )
+                return
+            time.sleep(0.1)
+        for rec in recs:
+            self._forget(rec)
+
+    def _release_all(self, recs: list[Record]) -> BaseException | None:
+        """Release `recs` with their recorded endings; the error if Redis is unreachable."""
+        try:
+            self._store.release_many([(r.id, r.token, r.ending) for r in recs])
+        except UNREACHABLE as exc:
+            return exc
+        return None

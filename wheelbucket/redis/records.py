@@ -1,0 +1,359 @@
+"""What this process holds of the group: a `Record` per task, kept by the `Holdings`.
+
+The `Holdings` owns the lock, the id map (id -> `Record`), the fills in
+flight, the endings Redis has not heard of yet, and the counters of the group
+layer. It alone puts a group task into the local bucket or takes one out of
+it, under its lock, so that the map and the local bucket always agree. It
+makes no Redis call: the callers do, outside the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .._log import safe_repr
+from ..bucket import TaskBucket
+from ..errors import BucketClosed, BucketFull, TaskExists, TaskNotFound
+from ..stats import BucketStats
+from ..task import TaskHandle, TaskType
+from .stats import SharedStats
+
+__all__ = ["Holdings", "Record"]
+
+
+class Record:
+    """What this process knows of one shared task it holds."""
+
+    __slots__ = (
+        "data",
+        "dl",
+        "due",
+        "ending",
+        "error",
+        "ex",
+        "handle",
+        "id",
+        "payload",
+        "revoked",
+        "token",
+        "typ",
+    )
+
+    def __init__(
+        self,
+        task_id: str,
+        token: str,
+        data: Any,
+        typ: str,
+        due: str,
+        dl: str,
+        ex: str,
+        payload: bytes | str,
+    ) -> None:
+        self.id = task_id
+        # Unique per fill: tells this task from a later one with the same id.
+        self.token = token
+        self.data = data
+        self.typ = typ
+        # Due time and life-span deadline, microseconds of the Redis clock.
+        self.due = due
+        self.dl = dl
+        self.ex = ex
+        self.payload = payload
+        self.handle: TaskHandle | None = None
+        # Set (by the pump) when another process drained it or presumed us dead.
+        self.revoked = False
+        # The ending whose release could not reach Redis yet.
+        self.ending = ""
+        # Why the data could not be decoded, if it could not.
+        self.error: BaseException | None = None
+
+
+class Holdings:
+    """The group tasks this process holds, and the counters of its group layer.
+
+    Every method takes the lock itself; none calls Redis.
+    """
+
+    def __init__(self, bucket: TaskBucket) -> None:
+        self._bucket = bucket
+        # Guards _local, _inflight, _unreleased and the counters; never held
+        # across a Redis call. The only user code run under it is the done
+        # callbacks the local bucket calls inside drain(): re-entrant, so that
+        # such a callback may fill or drain again.
+        self._lock = threading.RLock()
+        # Invariant: _local maps each id this process holds in the group to its
+        #   record from the moment its task is put in the local bucket until
+        #   Redis confirmed its release (or it was revoked): while it is there,
+        #   no scan treats its Redis record as orphaned.
+        self._local: dict[str, Record] = {}
+        # Invariant: _inflight counts, per id, the fills between their Redis
+        #   record and their entry in _local.
+        self._inflight: dict[str, int] = {}
+        # Ended here, not yet released in Redis (it could not be reached).
+        self._unreleased: list[Record] = []
+        self._filled_local = 0
+        self._overflowed = 0
+        self._claimed = 0
+        self._exhausted_on_claim = 0
+        self._reaped = 0
+        self._drained_remote = 0
+        self._revoked = 0
+        self._rejected_duplicate = 0
+        self._rejected_full = 0
+        self._redis_errors = 0
+        self._redis_resets = 0
+
+    # -- fills in flight ----------------------------------------------------------
+
+    def begin_fill(self, task_id: str) -> None:
+        """A fill of `task_id` for this process is about to write its Redis record."""
+        with self._lock:
+            self._inflight[task_id] = self._inflight.get(task_id, 0) + 1
+
+    def end_fill(self, task_id: str) -> None:
+        """That fill is over: placed here, handed to the group, or failed."""
+        with self._lock:
+            left = self._inflight[task_id] - 1
+            if left:
+                self._inflight[task_id] = left
+            else:
+                del self._inflight[task_id]
+
+    def knows(self, task_id: str) -> bool:
+        """Is `task_id` held here, or being filled here?"""
+        with self._lock:
+            return task_id in self._local or bool(self._inflight.get(task_id))
+
+    def orphans(self, ids: Iterable[str]) -> list[str]:
+        """Those of `ids` (held here, says Redis) that this process does not know."""
+        with self._lock:
+            return [i for i in ids if i not in self._local and not self._inflight.get(i)]
+
+    # -- placing tasks in the local bucket ------------------------------------------
+
+    def place_filled(
+        self,
+        rec: Record,
+        executor: object,
+        task_type: TaskType,
+        *,
+        run_after: float | None,
+        life_span: float,
+    ) -> TaskHandle | None:
+        """Put a task just recorded in Redis as ours into the local bucket.
+
+        Returns its handle, or None when the local bucket is full. Any other
+        refusal of the local bucket is raised; nothing is then held here.
+        """
+        with self._lock:
+            stale = self._local.get(rec.id)
+            if stale is not None:
+                # Redis no longer knows that one (drained by another process,
+                # whose word has not reached us yet): it is gone.
+                self._drop_revoked(stale)
+            self._local[rec.id] = rec
+            try:
+                handle = self._bucket.fill(
+                    task_type, rec.id, rec, executor, run_after=run_after, life_span=life_span
+                )
+            except BucketFull:
+                del self._local[rec.id]
+                return None
+            except BaseException:
+                del self._local[rec.id]
+                raise
+            rec.handle = handle
+            self._filled_local += 1
+            return handle
+
+    def place_claimed(
+        self,
+        rec: Record,
+        executor: object,
+        task_type: TaskType,
+        *,
+        run_after: float | None,
+        life_span: float,
+        doomed: bool,
+    ) -> bool:
+        """Put a task claimed from the group into the local bucket; False if it does not fit."""
+        with self._lock:
+            if rec.id in self._local:
+                return False
+            self._local[rec.id] = rec
+            try:
+                handle = self._bucket.fill(
+                    task_type, rec.id, rec, executor, run_after=run_after, life_span=life_span
+                )
+            except (BucketFull, BucketClosed, TaskExists, ValueError):
+                del self._local[rec.id]
+                return False
+            rec.handle = handle
+            self._claimed += 1
+            if doomed:
+                self._exhausted_on_claim += 1
+            return True
+
+    def drain_here(self, task_id: str) -> Record | None:
+        """Drain `task_id` from the local bucket if this process holds it: its record.
+
+        None if it is not held here. The caller then releases it in Redis.
+
+        Raises:
+            TaskNotFound: it is held here but has just ended.
+        """
+        with self._lock:
+            rec = self._local.get(task_id)
+            if rec is None or rec.revoked:
+                return None
+            handle = rec.handle
+            if handle is None or self._bucket.get(task_id) is not handle:
+                # It ended here; its release is on its way (or waits for Redis).
+                raise TaskNotFound(f"no live task {safe_repr(task_id)}")
+            self._bucket.drain(task_id)  # TaskNotFound if it just ended
+        return rec
+
+    # -- revocations and releases ---------------------------------------------------
+
+    def revoke(self, rec: Record) -> None:
+        """`rec` was taken from this process before it started: flag it (once)."""
+        with self._lock:
+            if not rec.revoked:
+                rec.revoked = True
+                self._revoked += 1
+
+    def revoke_all(self, revocations: Sequence[tuple[str, str]]) -> None:
+        """Drop the tasks other processes took from this one: (token, id) pairs."""
+        with self._lock:
+            taken = []
+            for token, task_id in revocations:
+                rec = self._local.get(task_id)
+                if rec is not None and rec.token == token and not rec.revoked:
+                    # All flagged before any is dropped: cancelling a running
+                    # one frees a worker, which must not start another of them.
+                    rec.revoked = True
+                    taken.append(rec)
+            for rec in taken:
+                self._drop_revoked(rec)
+
+    def forget(self, rec: Record, *, revoke: bool = False) -> None:
+        """`rec` has left the group (taken from us, with `revoke`): a claim may use its room."""
+        with self._lock:
+            if revoke and not rec.revoked:
+                rec.revoked = True
+                self._revoked += 1
+            if self._local.get(rec.id) is rec:
+                del self._local[rec.id]
+
+    def defer_release(self, rec: Record) -> None:
+        """`rec` ended with `rec.ending` while Redis was unreachable: release it later."""
+        with self._lock:
+            self._unreleased.append(rec)
+
+    @property
+    def has_unreleased(self) -> bool:
+        return bool(self._unreleased)
+
+    def take_unreleased(self) -> list[Record]:
+        """The endings waiting for Redis, to release now (or `put_back_unreleased`)."""
+        with self._lock:
+            recs, self._unreleased = self._unreleased, []
+        return recs
+
+    def put_back_unreleased(self, recs: list[Record]) -> None:
+        with self._lock:
+            self._unreleased[:0] = recs
+
+    def take_for_sweep(self) -> list[Record]:
+        """At close: every task still held here and every pending release, each with its ending.
+
+        What the local close drained gets the ending 'drained'.
+        """
+        with self._lock:
+            recs = [r for r in self._local.values() if not r.revoked] + [
+                r for r in self._unreleased if r.id not in self._local
+            ]
+            self._unreleased = []
+            for rec in recs:
+                if not rec.ending:
+                    rec.ending = "drained"
+        return recs
+
+    def note_reset(self) -> list[Record]:
+        """Redis lost the group: count it; the records to write again."""
+        with self._lock:
+            self._redis_resets += 1
+            return [r for r in self._local.values() if r.handle is not None and not r.revoked]
+
+    def not_held(self, recs: Iterable[Record]) -> list[Record]:
+        """Those of `recs` this process no longer holds."""
+        with self._lock:
+            return [rec for rec in recs if self._local.get(rec.id) is not rec]
+
+    # -- counters -------------------------------------------------------------------
+
+    def count_rejected(self, *, full: bool) -> None:
+        with self._lock:
+            if full:
+                self._rejected_full += 1
+            else:
+                self._rejected_duplicate += 1
+
+    def count_overflowed(self) -> None:
+        with self._lock:
+            self._overflowed += 1
+
+    def count_drained_remote(self) -> None:
+        with self._lock:
+            self._drained_remote += 1
+
+    def count_reaped(self, n: int) -> None:
+        with self._lock:
+            self._reaped += n
+
+    def count_redis_error(self) -> None:
+        with self._lock:
+            self._redis_errors += 1
+
+    def stats(self, local: BucketStats, member: str, *, connected: bool) -> SharedStats:
+        with self._lock:
+            return SharedStats(
+                local=local,
+                member=member,
+                filled_local=self._filled_local,
+                overflowed=self._overflowed,
+                claimed=self._claimed,
+                exhausted_on_claim=self._exhausted_on_claim,
+                reaped=self._reaped,
+                drained_remote=self._drained_remote,
+                revoked=self._revoked,
+                rejected_duplicate=self._rejected_duplicate,
+                rejected_full=self._rejected_full,
+                unreleased=len(self._unreleased),
+                redis_errors=self._redis_errors,
+                redis_resets=self._redis_resets,
+                connected=connected,
+            )
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: hold nothing, with a fresh lock (the old one may be held)."""
+        self._lock = threading.RLock()
+        self._local.clear()
+        self._unreleased.clear()
+
+    # -- internals ------------------------------------------------------------------
+
+    def _drop_revoked(self, rec: Record) -> None:
+        """Another process took `rec` away: forget it and drop its local task. Under _lock."""
+        rec.revoked = True
+        if self._local.get(rec.id) is rec:
+            del self._local[rec.id]
+        self._revoked += 1
+        handle = rec.handle
+        if handle is not None and self._bucket.get(rec.id) is handle:
+            with contextlib.suppress(TaskNotFound):
+                self._bucket.drain(rec.id)

@@ -1,0 +1,533 @@
+"""`SharedBucket`: a `TaskBucket` that overflows into, and takes work from, a group on Redis.
+
+It checks arguments, places fills (here or in the group) and drains, and
+puts the pieces together: the `GroupStore` (Redis), the `Holdings` (what this
+process holds), the `Pump` and the `Listener` (its two threads). It uses the
+local bucket through `TaskBucket`'s public API only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import itertools
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .._args import close_timeout, duration_ns, positive_int, task_id_arg
+from .._log import safe_repr
+from ..bucket import TaskBucket
+from ..clock import MonotonicClock
+from ..errors import BucketClosed, BucketFull, TaskExists, TaskNotFound
+from ..executor import HookPlan
+from ..task import TaskHandle, TaskType
+from . import forks
+from .errors import UNREACHABLE, RedisUnavailable
+from .listener import Listener
+from .pump import Pump
+from .records import Holdings, Record
+from .serializer import JSONSerializer, Serializer, encode
+from .stats import GroupInfo, SharedStats
+from .store import Drained, Filled, GroupStore
+
+__all__ = ["SharedBucket"]
+
+logger = logging.getLogger("wheelbucket.redis")
+
+# Tries of drain() on a task Redis says this process holds, while it is being placed here.
+_DRAIN_ATTEMPTS = 3
+
+
+class SharedBucket:
+    """A `TaskBucket` that overflows into, and takes work from, a group on Redis.
+
+    Args:
+        group: the group's name; every process that uses the same name on the
+            same Redis server shares one bucket.
+        client: a ``redis.Redis`` client, or a URL (``redis://host:port/db``)
+            to build one with `timeout`. A client you pass should have socket
+            timeouts set, or a fill may wait for a hung server.
+        executor: the default executor of shared tasks (an `Executor`, an
+            object with ``on_execute``, or a callable). Every process of the
+            group must have one that does the same job.
+        executors: more executors by name; ``fill(..., executor="name")``
+            picks one. A process only claims tasks whose executor it has.
+        local: keyword arguments for the local `TaskBucket`
+            (``max_bucket``, ``life_span``, ``run_after``, ``workers``...),
+            or a `TaskBucket` to use (the shared bucket then owns it).
+        serializer: turns data into bytes and back (default `JSONSerializer`).
+        heartbeat: seconds between heartbeats, and the longest a process
+            waits before it looks at the group again without being woken.
+        dead_after: a member whose last heartbeat is older than this (seconds
+            of the Redis clock) is dead: its tasks end EXHAUSTED elsewhere.
+            Default five heartbeats.
+        group_limit: most live tasks in the whole group; a fill beyond it
+            raises `BucketFull`. Default: no limit (Redis memory is the limit).
+        producer_only: this process never runs tasks: every fill goes to the
+            group, and it claims nothing.
+        timeout: socket timeouts of the client built from a URL (seconds).
+        ledger: keep the last `ledger` endings (id, ending, member) in the
+            Redis stream ``wb:{group}:ledger``; written in the same atomic step
+            that ends the task in the group.
+        claim_batch: most tasks claimed in one round trip.
+
+    Raises:
+        RedisUnavailable: Redis cannot be reached to join the group.
+        TypeError, ValueError: a bad argument; the message names it.
+    """
+
+    def __init__(
+        self,
+        group: str,
+        client: redis.Redis | str,
+        *,
+        executor: object = None,
+        executors: Mapping[str, object] | None = None,
+        local: TaskBucket | Mapping[str, Any] | None = None,
+        serializer: Serializer | None = None,
+        heartbeat: float = 1.0,
+        dead_after: float | None = None,
+        group_limit: int | None = None,
+        producer_only: bool = False,
+        timeout: float = 2.0,
+        ledger: int | None = None,
+        claim_batch: int = 100,
+    ) -> None:
+        if not isinstance(group, str) or not group:
+            raise TypeError(f"group must be a non-empty str, got {safe_repr(group)}")
+        if "{" in group or "}" in group:
+            raise ValueError(f"group must not contain braces, got {group!r}")
+        self._heartbeat = _seconds(heartbeat, "heartbeat")
+        dead_after_s = (
+            5 * self._heartbeat if dead_after is None else _seconds(dead_after, "dead_after")
+        )
+        if dead_after_s <= self._heartbeat:
+            raise ValueError(
+                f"dead_after ({dead_after_s:g} s) must be longer than heartbeat "
+                f"({self._heartbeat:g} s)"
+            )
+        timeout = _seconds(timeout, "timeout")
+        self._group_limit = 0 if group_limit is None else positive_int(group_limit, "group_limit")
+        ledger = 0 if ledger is None else positive_int(ledger, "ledger")
+        claim_batch = positive_int(claim_batch, "claim_batch")
+        if not isinstance(producer_only, bool):
+            raise TypeError(f"producer_only must be a bool, got {type(producer_only).__name__}")
+        self._producer_only = producer_only
+        if serializer is None:
+            serializer = JSONSerializer()
+        elif not isinstance(serializer, Serializer):
+            raise TypeError(
+                f"serializer must have dumps(data) and loads(raw), got {type(serializer).__name__}"
+            )
+        self._serializer = serializer
+
+        if isinstance(client, str):
+            self._redis: redis.Redis = redis.Redis.from_url(
+                client,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._own_client = True
+        elif isinstance(client, redis.Redis):
+            self._redis = client
+            self._own_client = False
+        else:
+            raise TypeError(
+                f"client must be a redis.Redis or a redis:// URL, got {type(client).__name__}"
+            )
+
+        # The user's executors by name ('' for the default one).
+        self._plans: dict[str, HookPlan] = {}
+        if executor is not None:
+            self._plans[""] = _plan(executor, "executor")
+        for ex_name, ex in (executors or {}).items():
+            if not isinstance(ex_name, str) or not ex_name or " " in ex_name:
+                raise ValueError(
+                    f"executor names must be non-empty str without spaces, got {ex_name!r}"
+                )
+            self._plans[ex_name] = _plan(ex, f"executors[{ex_name!r}]")
+        self._names = sorted(self._plans)
+
+        if local is None:
+            bucket = TaskBucket()
+        elif isinstance(local, TaskBucket):
+            bucket = local
+        elif isinstance(local, Mapping):
+            if "clock" in local:
+                raise ValueError("local: a SharedBucket runs on real time; clock= is not allowed")
+            bucket = TaskBucket(**local)
+        else:
+            raise TypeError(f"local must be a TaskBucket or a dict of its arguments, got {local!r}")
+        if not isinstance(bucket.clock, MonotonicClock):
+            raise ValueError("local: a SharedBucket runs on real time, not on a test clock")
+        self._bucket = bucket
+        self._max_bucket = bucket.max_bucket
+        self._life_span_ns = duration_ns(bucket.life_span, "life_span", zero_ok=False)
+        self._run_after_ns = duration_ns(bucket.run_after, "run_after", zero_ok=True)
+
+        self.group = group
+        self.member = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+        self._tokens = itertools.count(1)
+        self._token_prefix = secrets.token_hex(6) + "."
+        self._store = GroupStore(
+            self._redis, group, self.member, ledger=ledger, limit=self._group_limit
+        )
+        self._holdings = Holdings(bucket)
+        self._pump = Pump(
+            self._store,
+            self._holdings,
+            bucket,
+            serializer,
+            self._plans,
+            heartbeat=self._heartbeat,
+            dead_after=dead_after_s,
+            claim_batch=claim_batch,
+            claiming=not producer_only,
+        )
+        self._listener = Listener(
+            self._store.subscribe, self._pump.heard, group=group, heartbeat=self._heartbeat
+        )
+        # Orders close() against close(); never held across a call.
+        self._close_lock = threading.Lock()
+        self._closing = False
+        self._closed_event = threading.Event()
+
+        try:
+            self._pump.first_beat()
+        except UNREACHABLE as exc:
+            if self._own_client:
+                self._redis.close()
+            if local is not bucket:
+                bucket.close(wait=False)
+            raise RedisUnavailable(
+                f"cannot join group {group!r}: Redis unreachable ({exc})"
+            ) from exc
+        self._pump.start()
+        self._listener.start()
+        forks.track(self)
+
+    # -- the API ----------------------------------------------------------------
+
+    def fill(
+        self,
+        task_type: TaskType,
+        task_id: str,
+        data: Any = None,
+        executor: object = None,
+        *,
+        run_after: float | datetime.timedelta | None = None,
+        life_span: float | datetime.timedelta | None = None,
+    ) -> TaskHandle | None:
+        """Put a task in the group: here if the local bucket has room, else in Redis.
+
+        Args are those of `TaskBucket.fill`, but `executor` is the *name* of
+        an executor given to ``executors=`` (or that executor object itself);
+        None picks the default executor. `data` must pass the serializer.
+
+        Returns:
+            The local `TaskHandle` when the task was placed in this process,
+            None when it overflowed into Redis (any process may run it).
+
+        Raises:
+            TaskExists: `task_id` is live anywhere in the group.
+            BucketFull: the group is at `group_limit` (only with a limit).
+            BucketClosed: close() has begun.
+            RedisUnavailable: Redis could not be reached; nothing was placed
+                here (see `RedisUnavailable` for the uncertain case).
+            TypeError, ValueError: a bad argument, or data the serializer
+                refuses; nothing is stored.
+        """
+        if self._closing:
+            raise BucketClosed(f"shared bucket is closed: cannot fill {safe_repr(task_id)}")
+        task_id = task_id_arg(task_id)
+        ex = self._executor_name(executor)
+        span = (
+            self._life_span_ns
+            if life_span is None
+            else duration_ns(life_span, "life_span", zero_ok=False)
+        )
+        if task_type is TaskType.TIME_BOMB:
+            delay = (
+                self._run_after_ns
+                if run_after is None
+                else duration_ns(run_after, "run_after", zero_ok=True)
+            )
+            if span <= delay:
+                raise ValueError(
+                    f"life_span ({span / 1e9:g} s) must be greater than run_after "
+                    f"({delay / 1e9:g} s) for a TIME_BOMB task"
+                )
+            typ = "t"
+        elif task_type is TaskType.IMMEDIATE:
+            if run_after is not None:
+                duration_ns(run_after, "run_after", zero_ok=True)
+            delay = 0
+            typ = "i"
+        else:
+            raise TypeError(
+                "task_type must be TaskType.IMMEDIATE or TaskType.TIME_BOMB, "
+                f"got {safe_repr(task_type)}"
+            )
+        payload = encode(self._serializer, task_id, data)
+        here = not self._producer_only and len(self._bucket) < self._max_bucket
+        token = self._token_prefix + format(next(self._tokens), "x")
+        if here:
+            self._holdings.begin_fill(task_id)
+        try:
+            reply = self._store.fill(
+                task_id,
+                token,
+                here=here,
+                typ=typ,
+                delay_us=-(-delay // 1000),
+                span_us=-(-span // 1000),
+                ex=ex,
+                payload=payload,
+            )
+            if reply.status is Filled.EXISTS:
+                if reply.token != token:  # a retried call finds its own record
+                    self._holdings.count_rejected(full=False)
+                    raise TaskExists(f"task {safe_repr(task_id)} is already live in the group")
+            elif reply.status is Filled.FULL:
+                self._holdings.count_rejected(full=True)
+                raise BucketFull(
+                    f"group {self.group!r} is full ({self._group_limit} live tasks): "
+                    f"cannot fill {safe_repr(task_id)}"
+                )
+            if not here:
+                self._holdings.count_overflowed()
+                return None
+            rec = Record(task_id, token, data, typ, reply.due, reply.dl, ex, payload)
+            return self._place_filled(rec, task_type, delay, span)
+        except UNREACHABLE as exc:
+            self._pump.note_error(exc)
+            if here:
+                self._pump.suspect_orphans()  # the record may exist without its task
+            raise RedisUnavailable(
+                f"cannot fill {safe_repr(task_id)}: Redis unreachable ({exc})"
+            ) from exc
+        finally:
+            if here:
+                self._holdings.end_fill(task_id)
+
+    def drain(self, task_id: str) -> None:
+        """Cancel a live task of the group, wherever it is. No hook runs for it.
+
+        Here: as `TaskBucket.drain`. Waiting in Redis: removed. Held by another
+        process: removed from the group at once (the id can be filled again),
+        and that process drops it (or cancels its ``ctx``) as soon as it hears,
+        normally within a round trip; no ending hook runs there.
+
+        Raises:
+            TaskNotFound: `task_id` is not live anywhere in the group.
+            RedisUnavailable: Redis was needed and could not be reached.
+            TypeError, ValueError: `task_id` is not a non-empty str (checked
+                before any Redis call).
+        """
+        task_id = task_id_arg(task_id)
+        force = False
+        for _attempt in range(_DRAIN_ATTEMPTS):
+            rec = self._holdings.drain_here(task_id)
+            if rec is not None:
+                self._pump.end(rec, "drained")
+                return
+            try:
+                reply = self._store.drain(task_id, force=force)
+            except UNREACHABLE as exc:
+                self._pump.note_error(exc)
+                raise RedisUnavailable(
+                    f"cannot drain {safe_repr(task_id)}: Redis unreachable ({exc})"
+                ) from exc
+            if reply.status is Drained.UNKNOWN:
+                raise TaskNotFound(f"no live task {safe_repr(task_id)} in the group")
+            if reply.status is Drained.DRAINED:
+                self._holdings.count_drained_remote()
+                logger.debug(
+                    "task %s drained in the group (held by %r)",
+                    safe_repr(task_id),
+                    reply.owner or "Redis",
+                )
+                return
+            # Redis says we hold it: a fill or claim here is putting it in the
+            # local bucket right now. Look again; the last time, remove it
+            # from Redis whatever it is (an orphan of a broken fill).
+            if not self._holdings.knows(task_id):
+                force = True
+            time.sleep(0.001)
+        raise TaskNotFound(f"task {safe_repr(task_id)} could not be drained: it is being placed")
+
+    def rescue(self) -> list[str]:
+        """`TaskBucket.rescue` for the tasks this process holds; they leave the group."""
+        return self._bucket.rescue()
+
+    def close(
+        self, *, wait: bool = True, timeout: float | None = None, rescue: bool = False
+    ) -> None:
+        """Leave the group. Idempotent.
+
+        New fills are refused at once and this process claims nothing more;
+        tasks waiting in Redis stay there for the other processes. The local
+        bucket closes as `TaskBucket.close` says (`wait`, `timeout`,
+        `rescue`); every task it held leaves the group. Heartbeats go on
+        meanwhile, so the group does not presume this process dead.
+        """
+        # Checked before anything starts: a refused close() changes nothing.
+        timeout = close_timeout(wait, timeout, rescue)
+        with self._close_lock:
+            first = not self._closing
+            self._closing = True
+        if not first:
+            self._closed_event.wait()
+            return
+        self._pump.stop_claiming()
+        try:
+            self._bucket.close(wait=wait, timeout=timeout, rescue=rescue)
+        finally:
+            self._pump.stop()
+            self._listener.stop()
+            with contextlib.suppress(*UNREACHABLE):
+                self._store.wake_me()  # wakes the listener at once
+            self._pump.join(self._heartbeat + 5.0)
+            self._pump.sweep()
+            try:
+                self._store.leave()
+            except UNREACHABLE as exc:
+                logger.warning("group %r: could not leave cleanly: %s", self.group, exc)
+            self._listener.join(self._heartbeat + 5.0)
+            if self._own_client:
+                self._redis.close()
+            forks.untrack(self)
+            self._closed_event.set()
+
+    def __enter__(self) -> SharedBucket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- introspection ------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Live tasks in this process's bucket."""
+        return len(self._bucket)
+
+    def __contains__(self, task_id: object) -> bool:
+        """Is `task_id` live in this process? (`group_info` sees the whole group.)"""
+        return task_id in self._bucket
+
+    def get(self, task_id: str) -> TaskHandle | None:
+        """The local handle of live task `task_id`, or None if it is not here.
+
+        Raises TypeError or ValueError, as `TaskBucket.get`, for a `task_id`
+        that is not a non-empty str.
+        """
+        return self._bucket.get(task_id)
+
+    @property
+    def local(self) -> TaskBucket:
+        """This process's own bucket."""
+        return self._bucket
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    def stats(self) -> SharedStats:
+        """This process's counters (no Redis round trip; see `group_info`)."""
+        return self._holdings.stats(
+            self._bucket.stats(), self.member, connected=self._pump.connected
+        )
+
+    def group_info(self) -> GroupInfo:
+        """The whole group, read from Redis: live tasks, queued tasks, members.
+
+        Raises:
+            RedisUnavailable: Redis could not be reached.
+        """
+        try:
+            return self._store.group_info()
+        except UNREACHABLE as exc:
+            raise RedisUnavailable(f"cannot read group {self.group!r}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closing else "open"
+        return f"<SharedBucket {self.group!r} {self.member} {state} live={len(self)}>"
+
+    # -- internals ----------------------------------------------------------------
+
+    def _executor_name(self, executor: object) -> str:
+        # A producer runs nothing: any name will do, some other process has it.
+        if executor is None:
+            if "" not in self._plans and not self._producer_only:
+                raise ValueError(
+                    "no executor: pass executor= to SharedBucket(), or the name of one of "
+                    "its executors= to fill()"
+                )
+            return ""
+        if isinstance(executor, str):
+            if not executor or " " in executor:
+                raise ValueError(f"bad executor name {executor!r}")
+            if executor not in self._plans and not self._producer_only:
+                raise ValueError(f"unknown executor name {executor!r}: known are {self._names!r}")
+            return executor
+        for name, plan in self._plans.items():
+            if plan.executor is executor:
+                return name
+        raise TypeError(
+            "a shared task's executor must be the name of one given to executors= (an "
+            "executor object cannot travel to another process), got "
+            f"{type(executor).__name__}"
+        )
+
+    def _place_filled(
+        self, rec: Record, task_type: TaskType, delay: int, span: int
+    ) -> TaskHandle | None:
+        """Put a task just recorded in Redis as ours into the local bucket."""
+        try:
+            handle = self._holdings.place_filled(
+                rec,
+                self._pump.executor_for(rec.ex),
+                task_type,
+                run_after=delay / 1e9 if task_type is TaskType.TIME_BOMB else None,
+                life_span=span / 1e9,
+            )
+        except BaseException:  # BucketClosed, or an id the local bucket holds outside the group
+            self._pump.release_quietly(rec)
+            raise
+        if handle is not None:
+            return handle
+        # The local bucket filled up since we looked: hand the task to the group.
+        self._pump.hand_back(rec)
+        self._holdings.count_overflowed()
+        return None
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child has none of the parent's threads: this bucket is closed there."""
+        self._holdings.after_fork_in_child()
+        self._close_lock = threading.Lock()
+        self._closing = True
+        self._pump.after_fork_in_child()
+        self._listener.stop()
+        self._closed_event.set()
+
+
+def _seconds(value: object, name: str) -> float:
+    return duration_ns(value, name, zero_ok=False) / 1e9
+
+
+def _plan(executor: object, what: str) -> HookPlan:
+    try:
+        return HookPlan(executor)
+    except TypeError as exc:
+        raise TypeError(f"{what}: {exc}") from None
