@@ -344,11 +344,18 @@ class TaskBucket:
         stop; a worker stuck in user code is abandoned, not joined forever.
         When close() returns, every task that ended during it has had its
         hook, and its handle is done.
+
+        A ``KeyboardInterrupt`` or ``SystemExit`` while it waits (Ctrl-C)
+        ends the wait: what is live is rescued, the threads stop, and the
+        exception goes on. Leaving a ``with`` block by one of those does not
+        wait at all: ``close(wait=False, rescue=True)``.
         """
         timeout = close_timeout(wait, timeout, rescue)
-        self._core.close(wait=wait, timeout=timeout, rescue=rescue, join_timeout=1.0)
-        self._finalizer.detach()
-        live_cores.discard(self._core)
+        try:
+            self._core.close(wait=wait, timeout=timeout, rescue=rescue, join_timeout=1.0)
+        finally:
+            self._finalizer.detach()
+            live_cores.discard(self._core)
 
     def __enter__(self) -> TaskBucket:
         return self

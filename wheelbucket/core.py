@@ -161,8 +161,15 @@ class Core:
             if not self._on_own_thread():
                 self.close_done.wait()
             return
+        interrupted: BaseException | None = None
         if wait:
-            self._wait_empty(timeout)
+            try:
+                self._wait_empty(timeout)
+            except (KeyboardInterrupt, SystemExit) as exc:
+                # Ctrl-C while close() waits: a crash, as when it leaves a
+                # with block (SPEC, close): rescue what is live, stop, re-raise.
+                interrupted = exc
+                rescue = True
         if rescue:
             self.rescue()
         else:
@@ -185,6 +192,8 @@ class Core:
                 break
             job()
         self.close_done.set()
+        if interrupted is not None:
+            raise interrupted
 
     def _on_own_thread(self) -> bool:
         current = threading.current_thread()

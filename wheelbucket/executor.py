@@ -92,6 +92,23 @@ class HookPlan:
         hooks: dict[str, Hook | None] = dict.fromkeys(HOOK_NAMES)
         if isinstance(executor, Executor) or hasattr(executor, "on_execute"):
             names = _defined_hooks(type(executor))
+            if (
+                isinstance(executor, Executor)
+                and type(executor) is not Executor  # the base itself: a no-op on purpose
+                and "on_execute" not in names
+                and "on_execute" not in getattr(executor, "__dict__", {})
+            ):
+                # Executor's own on_execute does nothing: a subclass that does
+                # not define one has surely misspelt it, and would "finish"
+                # every task having done nothing.
+                others = sorted(
+                    n for n in dir(type(executor)) if n.startswith("on_") and n not in HOOK_NAMES
+                )
+                hint = f" (it defines {', '.join(others)}: misspelt?)" if others else ""
+                raise TypeError(
+                    f"{type(executor).__name__} defines no on_execute of its own{hint}; "
+                    f"an executor must define on_execute(ctx, task_id, data)"
+                )
             for name in names:
                 hooks[name] = getattr(executor, name)
             # Instance attributes (an object built by hand) count too.
