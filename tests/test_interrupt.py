@@ -71,7 +71,7 @@ def _run_and_interrupt(mode: str) -> tuple[float, str, int]:
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
-        return time.monotonic() - sent, line + out, proc.returncode
+        return time.monotonic() - sent, line + out + err, proc.returncode
     finally:
         if proc.poll() is None:
             proc.kill()
