@@ -87,9 +87,10 @@ class TaskBucket:
         # One shared int for every TIME_BOMB task filled with both defaults.
         self._bomb_life = self._life_span - self._run_after
         # The durations reset() falls back to, one tuple shared by the tasks
-        # filled alike: TIME_BOMB and IMMEDIATE tasks with the defaults.
+        # filled alike: TIME_BOMB and IMMEDIATE tasks with the defaults
+        # (run_after -1 marks an IMMEDIATE task).
         self._bomb_fill = (self._run_after, self._life_span)
-        self._now_fill = (0, self._life_span)
+        self._now_fill = (-1, self._life_span)
         # The last explicit (run_after, life_span) objects a TIME_BOMB fill
         # took, and their (delay, life) in ns. Programs fill in loops with
         # the same durations: a hit (by identity, so no type can slip in)
@@ -246,7 +247,7 @@ class TaskBucket:
                 fill = self._now_fill
             else:
                 life = duration_ns(life_span, "life_span", zero_ok=False)
-                fill = (0, life)
+                fill = (-1, life)
             state = QUEUED
             due = now
         else:

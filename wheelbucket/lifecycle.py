@@ -356,7 +356,10 @@ class Lifecycle:
             old = task._due if state == WAITING else task._due + task._life
             if span is None:
                 span = fill_span
-            if state == WAITING:
+            if state == WAITING or (state == QUEUED and fill_delay >= 0):
+                # A TIME_BOMB that has not started: queued for a worker is
+                # pending too, and it goes back to waiting for its new time
+                # (the pool drops the stale queue entry: see begin()).
                 if delay is None:
                     delay = fill_delay
                 if span <= delay:
@@ -367,6 +370,9 @@ class Lifecycle:
                 task._due = due = now + delay
                 task._life = span - delay
                 new = due
+                if state == QUEUED:
+                    task._state = WAITING
+                    old = new + 1  # not filed for its start any more: file it
             else:
                 if delay is not None:
                     raise ValueError(

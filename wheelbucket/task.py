@@ -144,7 +144,8 @@ class TaskHandle(TimerEntry):
     _ctx: TaskContext | None  # while RUNNING
     _waiters: _Waiters | None
     # Invariant: while live, (run_after, life_span) in ns as filled, for
-    #   reset()'s defaults; a tuple shared by the tasks filled alike. The
+    #   reset()'s defaults, run_after -1 for an IMMEDIATE task; a tuple
+    #   shared by the tasks filled alike. The
     #   twelfth slot costs no memory: objects come in 16-byte size classes.
     _fill: tuple[int, int] | None
 
