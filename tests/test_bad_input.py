@@ -8,6 +8,7 @@ open/closed). Valid edge values (zero delays, very long ids) must work.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import decimal
 import fractions
@@ -131,6 +132,18 @@ CASES += [Bad("ctor", "wheel_bits", v) for v in [None, "6", 6.0, True, 0, -1, 17
 CASES += [Bad("ctor", "wheel_levels", v) for v in [None, "6", 6.0, True, 0, -1, 65, HUGE_INT]]
 CASES += [Bad("ctor", "use_uvloop", v) for v in BOOL_BAD]
 CASES += [Bad("ctor", "name", v) for v in [None, "", 5, b"name", ["n"], _NoRepr()]]
+
+
+def _closed_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    loop.close()
+    return loop
+
+
+CASES += [
+    Bad("ctor", "loop", v)
+    for v in [5, "loop", object(), _NoRepr(), asyncio.AbstractEventLoop, _closed_loop()]
+]
 # fill(...)
 CASES += [
     Bad("fill", "task_type", v)

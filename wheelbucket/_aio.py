@@ -142,11 +142,17 @@ class AsyncRunner:
             self._add(-1)
             job()  # it finds the loop closed, logs, and completes its task
 
-    def spawn(self, make: Callable[[], Coroutine[Any, Any, None]], name: str) -> bool:
+    def spawn(
+        self,
+        make: Callable[[], Coroutine[Any, Any, None]],
+        name: str,
+        fallback: Callable[[], None] | None = None,
+    ) -> bool:
         """Run ``make()`` as a task on the loop; False if the loop is closed.
 
         The coroutine is made on the loop, so none is left unawaited when the
-        loop stops before it starts.
+        loop stops before it starts; `fallback` runs instead if the loop
+        never gets to it (the application's loop, stopped).
         """
         self._add(1)
         if self.on_loop():
@@ -299,3 +305,218 @@ class AsyncRunner:
 def _names(tasks: set[asyncio.Task[Any]]) -> str:
     shown = sorted(safe_repr(t.get_name()) for t in tasks)
     return ", ".join(shown[:5]) + (", ..." if len(shown) > 5 else "")
+
+
+class LoopRunner(AsyncRunner):
+    """Async hooks on the application's own event loop (``TaskBucket(loop=...)``).
+
+    The loop is the application's: this runner never runs, stops or closes
+    it. Objects bound to a loop are touched only from that loop, so every
+    coroutine starts there as one of its tasks, by ``call_soon_threadsafe``.
+    A loop that is closed, or not running, when something is handed over
+    cannot take it: the hand-off fails at once (an on_execute ends FAILED, a
+    hook counts an error), and what was handed over before the loop stopped
+    is failed the same way by `stop`, so nothing waits for a loop that will
+    not run it.
+    """
+
+    def __init__(
+        self,
+        run_task: RunTask,
+        fail_task: Callable[[TaskHandle, str], None],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        name: str,
+    ) -> None:
+        self._run_task = run_task
+        self._fail_task = fail_task
+        self.name = name
+        self.loop = loop
+        self.inflight = 0
+        self._count_lock = threading.Lock()
+        self._incoming = deque()
+        self._pump_scheduled = False
+        self._cancel_sent = set()
+        self._waiting = set()
+        self._waiting_lock = threading.Lock()
+        # Our asyncio tasks on that loop (loop thread only).
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Hand-offs not run yet, each with what to do if the loop never runs
+        # it: key -> fallback. Guarded by _waiting_lock.
+        self._pending: dict[int, Callable[[], None]] = {}
+        self._serial = 0
+        self._idle = threading.Event()  # set while inflight == 0
+        self._idle.set()
+
+    @property
+    def thread(self) -> None:  # type: ignore[override]
+        """No thread of ours: the loop runs on the application's."""
+        return None
+
+    def on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    def _add(self, n: int) -> None:
+        with self._count_lock:
+            self.inflight += n
+            if self.inflight:
+                self._idle.clear()
+            else:
+                self._idle.set()
+
+    def _call_soon(self, fn: Callable[..., object], *args: Any) -> bool:
+        return self._hand_over(fn, args, None)
+
+    def _hand_over(
+        self, fn: Callable[..., object], args: tuple[Any, ...], fallback: Callable[[], None] | None
+    ) -> bool:
+        loop = self.loop
+        if loop.is_closed() or not loop.is_running():
+            return False
+        with self._waiting_lock:
+            self._serial += 1
+            key = self._serial
+            if fallback is not None:
+                self._pending[key] = fallback
+        try:
+            loop.call_soon_threadsafe(self._run_pending, key, fn, args)
+        except RuntimeError:  # closed meanwhile
+            with self._waiting_lock:
+                self._pending.pop(key, None)
+            return False
+        return True
+
+    def _run_pending(self, key: int, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+        with self._waiting_lock:
+            self._pending.pop(key, None)
+        fn(*args)
+
+    def submit(self, task: TaskHandle) -> None:
+        self._add(1)
+        self._incoming.append(task)
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            if not self._hand_over(self._pump, (), self._fail_incoming):
+                self._pump_scheduled = False
+                self._fail_incoming()
+
+    def _fail_incoming(self) -> None:
+        """The loop cannot take the queued tasks: each ends FAILED, with the reason."""
+        why = "the event loop is closed" if self.loop.is_closed() else "the event loop is stopped"
+        incoming = self._incoming
+        for _ in range(len(incoming)):
+            try:
+                task = incoming.popleft()
+            except IndexError:
+                break
+            try:
+                self._fail_task(task, why)
+            finally:
+                self._add(-1)
+
+    def call(self, job: Callable[[], None]) -> None:
+        self._add(1)
+
+        def fallback() -> None:
+            try:
+                job()  # it finds the loop unusable, counts the error, completes its task
+            finally:
+                self._add(-1)
+
+        if not self._hand_over(self._run_job, (job,), fallback):
+            self._add(-1)
+            job()
+
+    def spawn(
+        self,
+        make: Callable[[], Coroutine[Any, Any, None]],
+        name: str,
+        fallback: Callable[[], None] | None = None,
+    ) -> bool:
+        self._add(1)
+        if self.on_loop():
+            self._start(make, name)
+            return True
+
+        def never_ran() -> None:
+            try:
+                if fallback is not None:
+                    fallback()
+            finally:
+                self._add(-1)
+
+        if self._hand_over(self._start, (make, name), never_ran):
+            return True
+        self._add(-1)
+        return False
+
+    def _start(self, make: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        aio_task = self.loop.create_task(self._counted(make), name=f"wheelbucket:{name}")
+        self._tasks.add(aio_task)
+        aio_task.add_done_callback(self._tasks.discard)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        incoming = self._incoming
+        create_task = self.loop.create_task
+        for _ in range(len(incoming)):
+            task = incoming.popleft()
+            if task._state == QUEUED:
+                aio_task = create_task(self._execute(task), name=f"wheelbucket:{task.id}")
+                self._tasks.add(aio_task)
+                aio_task.add_done_callback(self._tasks.discard)
+            else:
+                self._add(-1)
+
+    def wait_for(self, future: concurrent.futures.Future[None]) -> None:
+        # Wait while the loop runs; if it stops, give up (the caller logs it).
+        while True:
+            try:
+                future.result(timeout=0.05)
+                return
+            except concurrent.futures.TimeoutError:  # noqa: PERF203 - a poll, not a hot loop
+                if self.loop.is_closed() or not self.loop.is_running():
+                    future.cancel()
+                    return
+            except concurrent.futures.CancelledError:
+                return
+
+    def stop(self, grace: float) -> None:
+        """Cancel what is still ours on the loop, within bounds; never stop the loop itself."""
+        loop = self.loop
+        if loop.is_closed() or not loop.is_running():
+            self._fail_leftovers()
+            return
+        if self.on_loop():
+            # Cannot wait here for coroutines on this very loop: cancel them
+            # and let them finish as the loop goes on (aclose() waits instead).
+            self._cancel_all()
+            return
+        if not self._idle.wait(grace):
+            self._call_soon(self._cancel_all)
+            if not self._idle.wait(grace + 1.0):
+                logger.error(
+                    "%s: %d coroutine(s) on the application's loop did not end within "
+                    "%.1f s of their cancellation; they are abandoned",
+                    self.name,
+                    self.inflight,
+                    grace + 1.0,
+                )
+        if loop.is_closed() or not loop.is_running():
+            self._fail_leftovers()
+
+    def _cancel_all(self) -> None:
+        for aio_task in list(self._tasks):
+            if not aio_task.done():
+                aio_task.cancel()
+
+    def _fail_leftovers(self) -> None:
+        """The loop stopped with hand-offs it never ran: run their fallbacks here."""
+        with self._waiting_lock:
+            leftovers = list(self._pending.values())
+            self._pending.clear()
+        for fallback in leftovers:
+            fallback()

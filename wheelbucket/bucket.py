@@ -7,10 +7,13 @@ the timing wheel, and the worker pool.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import logging
 import math
 import os
+import threading
 import time
 import weakref
 from typing import Any
@@ -57,6 +60,12 @@ class TaskBucket:
         tick: the wheel's resolution in seconds (default 1 ms). Timers never
             fire early; they fire at most one tick plus scheduling delay late.
         use_uvloop: run async hooks on a uvloop loop (needs the extra).
+        loop: the application's asyncio event loop: every ``async def``
+            hook runs on it, as one of its tasks, so hooks may touch objects
+            bound to it (streams, client sessions). Sync hooks still run on
+            worker threads. Close such a bucket with ``await aclose()`` or
+            ``async with``. Without it, async hooks run on a loop thread of
+            the bucket's own.
         name: prefix of thread names and log lines.
 
     Raises:
@@ -79,6 +88,7 @@ class TaskBucket:
         wheel_bits: int = 6,
         wheel_levels: int = 6,
         use_uvloop: bool = False,
+        loop: asyncio.AbstractEventLoop | None = None,
         name: str = "wheelbucket",
     ) -> None:
         self._life_span = duration_ns(life_span, "life_span", zero_ok=False)
@@ -127,6 +137,16 @@ class TaskBucket:
             from ._aio import require_uvloop
 
             require_uvloop()  # here, not at the first async hook (on the scheduler thread)
+        if loop is not None:
+            if not isinstance(loop, asyncio.AbstractEventLoop):
+                raise TypeError(f"loop must be an asyncio event loop, got {type(loop).__name__}")
+            if loop.is_closed():
+                raise ValueError("loop is closed: async hooks could never run on it")
+            if use_uvloop:
+                raise ValueError(
+                    "use_uvloop=True makes a loop of the bucket's own; with loop=, "
+                    "the application chooses its loop (pass a uvloop loop there)"
+                )
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, got {safe_repr(name)}")
         self._default_plan = None if executor is None else HookPlan(executor)
@@ -151,6 +171,7 @@ class TaskBucket:
             log_level=self._log_level,
             name=name,
             use_uvloop=use_uvloop,
+            loop=loop,
         )
         live_cores.add(core)
         # Forgetting close() must neither leak threads nor hang the exit.
@@ -368,6 +389,51 @@ class TaskBucket:
             self.close(wait=False, rescue=True)
         else:
             self.close()
+
+    async def aclose(
+        self, *, wait: bool = True, timeout: float | None = None, rescue: bool = False
+    ) -> None:
+        """`close` for coroutines: it never blocks the event loop it is awaited on.
+
+        The closing runs on a thread of its own while this coroutine awaits
+        it, so hooks on this loop go on running (and are waited for) in the
+        meantime. Cancelling the awaiting coroutine does not stop the close.
+        """
+        timeout = close_timeout(wait, timeout, rescue)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if done.cancelled():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        def close() -> None:
+            error: BaseException | None = None
+            try:
+                self.close(wait=wait, timeout=timeout, rescue=rescue)
+            except BaseException as exc:
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, error)
+
+        threading.Thread(target=close, name=f"{self._core.name}-aclose", daemon=True).start()
+        await asyncio.shield(done)
+
+    async def __aenter__(self) -> TaskBucket:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+            await self.aclose(wait=False, rescue=True)
+        elif exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            # The coroutine is being shut down: do not keep it waiting.
+            await self.aclose(wait=False)
+        else:
+            await self.aclose()
 
     # -- introspection --------------------------------------------------------
 

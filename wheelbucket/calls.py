@@ -152,13 +152,24 @@ class Calls:
         if wait and not runner.on_loop():
             future = concurrent.futures.Future()
         guard = self.guard
-        if not runner.spawn(lambda: guard(coro, name, task_id, then, future), f"{name}:{task_id}"):
-            self._not_run(coro, name, task_id, then, "the event loop is closed")
+        given_up: list[bool] = []
+
+        def not_run(why: str) -> None:
+            if not given_up:  # once, whoever finds out first
+                given_up.append(True)
+                self._not_run(coro, name, task_id, then, why)
+
+        if not runner.spawn(
+            lambda: guard(coro, name, task_id, then, future),
+            f"{name}:{task_id}",
+            lambda: not_run("the event loop stopped before it ran"),
+        ):
+            not_run("the event loop is closed or stopped")
             return
         if future is not None:
             runner.wait_for(future)
             if not future.done() or future.cancelled():
-                self._not_run(coro, name, task_id, then, "the event loop stopped")
+                not_run("the event loop stopped")
 
     async def guard(
         self,
@@ -338,6 +349,32 @@ class Calls:
         else:
             # Sync user code never runs on the loop.
             self.pool.submit_hook(lambda: self.hook(name, hook, task_id, *args, then=task))
+
+    def fail_unrun(self, task: TaskHandle, why: str) -> None:
+        """An async on_execute whose loop cannot run it: the task ends FAILED, saying why."""
+        ctx = TaskContext(task.id, task._deadline / 1e9, self.clock)
+        plan = task._plan
+        data = task._data
+        begun = self.life.begin(task, ctx)
+        if begun is not True:
+            if begun is not False:
+                self.ending(begun, here=False)
+            return
+        error = RuntimeError(f"on_execute of task {task.id!r} not run: {why}")
+        logger.error("task %s failed: on_execute not run: %s", safe_repr(task.id), why)
+        if not self.life.finish(task, error, True):
+            return
+        hook = plan.on_execute_error
+        if hook is None:
+            self.done(task)
+        elif "on_execute_error" in plan.async_hooks:
+            self.failed("on_execute_error", task.id, RuntimeError(f"hook not run: {why}"))
+            self.done(task)
+        else:
+            args = (ctx, task.id, data, error)
+            self.pool.submit_hook(
+                lambda: self.hook("on_execute_error", hook, task.id, *args, then=task)
+            )
 
     def _ended_under(self, task: TaskHandle, cancelled: bool, result: Any, failed: bool) -> None:
         """on_execute came back after its task ended: say how, keep the ending."""

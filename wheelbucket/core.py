@@ -9,12 +9,13 @@ owns no task state itself: that is `lifecycle.Lifecycle`'s.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import weakref
 from collections import deque
 from typing import Any
 
-from ._aio import AsyncRunner
+from ._aio import AsyncRunner, LoopRunner
 from .calls import Calls
 from .clock import Clock
 from .lifecycle import Ending, Lifecycle
@@ -42,10 +43,13 @@ class Core:
         log_level: int,
         name: str,
         use_uvloop: bool = False,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.clock = clock
         self.name = name
         self.use_uvloop = use_uvloop
+        # The application's loop for async hooks (None: a loop of our own).
+        self.app_loop = loop
         self.aio: AsyncRunner | None = None  # made on the first async hook
         self._aio_lock = threading.Lock()
         self.pool = pool = WorkerPool(_unwired, workers, max_extra_workers, name)
@@ -79,9 +83,16 @@ class Core:
             with self._aio_lock:
                 aio = self.aio
                 if aio is None:
-                    aio = self.aio = AsyncRunner(
-                        self.calls.aexecute, name=self.name, use_uvloop=self.use_uvloop
-                    )
+                    calls = self.calls
+                    if self.app_loop is not None:
+                        aio = LoopRunner(
+                            calls.aexecute, calls.fail_unrun, self.app_loop, name=self.name
+                        )
+                    else:
+                        aio = AsyncRunner(
+                            calls.aexecute, name=self.name, use_uvloop=self.use_uvloop
+                        )
+                    self.aio = aio
         return aio
 
     # -- hand-offs --------------------------------------------------------------
@@ -200,7 +211,7 @@ class Core:
         aio = self.aio
         return (
             current is self.sched.thread
-            or (aio is not None and current is aio.thread)
+            or (aio is not None and aio.on_loop())
             or any(w.thread is current for w in list(self.pool.threads))
         )
 
@@ -234,10 +245,22 @@ class Core:
             self.pool.replace()
         clock = self.clock
         deadline = None if timeout is None else clock.monotonic_ns() + round(timeout * 1e9)
+        # Async tasks on the application's loop end only while it runs: look
+        # at it now and then (real time), and stop waiting for them once it
+        # has stopped (they are drained or rescued next).
+        app_loop = self.app_loop
+        look = None if app_loop is None else 0.05
+        mine = life.close_allow
         while len(life.tasks) > life.close_allow:
             if deadline is not None and clock.monotonic_ns() >= deadline:
                 return
-            clock.wait(life.emptied, deadline)
+            if app_loop is not None and (app_loop.is_closed() or not app_loop.is_running()):
+                with life.lock:
+                    stranded = sum(1 for task in life.tasks.values() if _runs_async(task))
+                    life.close_allow = mine + stranded
+                    if len(life.tasks) <= life.close_allow:
+                        return
+            clock.wait(life.emptied, deadline, look)
 
     # -- introspection ------------------------------------------------------------
 
@@ -266,6 +289,9 @@ class Core:
                 lateness_p50=lat.quantile(0.50),
                 lateness_p99=lat.quantile(0.99),
                 lateness_max=lat.max_ns / 1e9,
+                loop_lateness_p50=life.loop_lateness.quantile(0.50),
+                loop_lateness_p99=life.loop_lateness.quantile(0.99),
+                loop_lateness_max=life.loop_lateness.max_ns / 1e9,
                 workers=len(pool.threads),
                 workers_stuck=pool.stuck,
                 workers_replaced=pool.replaced,

@@ -128,6 +128,9 @@ class Lifecycle:
         self.rejected_duplicate = 0
         self.running = 0
         self.lateness = LatenessHistogram()
+        # The same, for async on_execute starts alone: how long an event
+        # loop kept coroutines waiting (a busy application loop shows here).
+        self.loop_lateness = LatenessHistogram()
 
     # -- entering -----------------------------------------------------------
 
@@ -184,6 +187,8 @@ class Lifecycle:
                 ctx.deadline = deadline / 1e9
                 task._ctx = ctx
                 self.lateness.record(now - task._due)
+                if ctx.worker is None:
+                    self.loop_lateness.record(now - task._due)
                 return True
         finally:
             lock.release()

@@ -17,7 +17,9 @@ class BucketStats:
     from a histogram with 1/8-octave buckets: quantiles are exact to within
     12.5 % and never low, ``lateness_max`` is exact. ``reset`` counts the
     calls of `TaskBucket.reset` that moved a task (refused ones are not
-    counted).
+    counted). ``loop_lateness_*`` is the same lateness for ``async def``
+    on_execute starts alone: with ``TaskBucket(loop=...)``, how long the
+    application's busy loop kept coroutines from starting.
     """
 
     live: int
@@ -37,6 +39,9 @@ class BucketStats:
     lateness_p50: float
     lateness_p99: float
     lateness_max: float
+    loop_lateness_p50: float
+    loop_lateness_p99: float
+    loop_lateness_max: float
     workers: int
     workers_stuck: int
     workers_replaced: int
