@@ -127,6 +127,10 @@ class Rec:
         self.run_after_s = run_after_s if kind is TaskType.TIME_BOMB else 0.0
         self.due = fill_ns + _ns(self.run_after_s)
         self.deadline = fill_ns + _ns(life_span_s)
+        # What reset() falls back to: the durations it was filled with.
+        self.fill_delay_ns = _ns(self.run_after_s)
+        self.fill_span_ns = _ns(life_span_s)
+        self.reset = False  # moved by reset() at least once
         self.handle: Any = None
         self.token = f"result of {task_id}#{serial}"
         self.error = Boom(f"{task_id}#{serial}")
@@ -255,6 +259,7 @@ class BucketLifecycle(RuleBasedStateMachine):
         self.broken = False
         self.recs: list[Rec] = []
         self.live: dict[str, Rec] = {}  # in fill order, like the bucket's map
+        self.resets = 0  # successful resets, for stats().reset
 
     # -- set-up and teardown ---------------------------------------------------
 
@@ -348,6 +353,49 @@ class BucketLifecycle(RuleBasedStateMachine):
             assert rec.handle.done()
             assert task_id not in bucket
             self._end(rec, TaskState.DRAINED)
+        self._after_step()
+
+    @rule(
+        task_id=st.sampled_from(TASK_IDS),
+        run_after_ms=st.none() | st.sampled_from(RUN_AFTER_MS),
+        span_ms=st.none() | st.sampled_from((1, 3, 10, 67, 250, 1000, 3000)),
+    )
+    def reset(self, task_id: str, run_after_ms: int | None, span_ms: int | None) -> None:
+        """Move a task's times (SPEC, reset); the model moves its due time and deadline."""
+        self._begin()
+        bucket = self._bucket()
+        rec = self.live.get(task_id)
+        run_after = None if run_after_ms is None else run_after_ms / 1000
+        life_span = None if span_ms is None else span_ms / 1000
+        if rec is None:
+            with pytest.raises(TaskNotFound):
+                bucket.reset(task_id, run_after=run_after, life_span=life_span)
+            self._after_step()
+            return
+        now = self.clock.monotonic_ns()
+        delay = rec.fill_delay_ns if run_after is None else _ns(run_after)
+        span = rec.fill_span_ns if life_span is None else _ns(life_span)
+        not_started = rec.kind is TaskType.TIME_BOMB and rec.state in (WAITING, QUEUED)
+        if (not_started and span <= delay) or (not not_started and run_after is not None):
+            event("reset refused")
+            before = (rec.handle.state, bucket.stats())
+            with pytest.raises(ValueError, match="run_after"):
+                bucket.reset(task_id, run_after=run_after, life_span=life_span)
+            assert (rec.handle.state, bucket.stats()) == before, "a refused reset changed state"
+        else:
+            event(f"reset of a {rec.state} task")
+            assert bucket.reset(task_id, run_after=run_after, life_span=life_span) is rec.handle
+            self.resets += 1
+            rec.reset = True
+            rec.deadline = now + span
+            if not_started:
+                rec.due = now + delay
+                if rec.state == QUEUED:  # back to waiting for its new start
+                    for group in [*self.groups, self.new_group]:
+                        if rec in group:
+                            group.remove(rec)
+                    rec.state = WAITING
+        assert bucket.stats().reset == self.resets
         self._after_step()
 
     @precondition(lambda self: len(self.live) >= 2)
@@ -645,7 +693,8 @@ class BucketLifecycle(RuleBasedStateMachine):
         for start in rec.starts:
             # Never before its due time, in the bucket's ns and in the caller's float.
             assert start >= rec.due, f"{rec} started {rec.due - start} ns early"
-            assert start >= rec.fill_ns + rec.run_after_s * 1e9, rec
+            if not rec.reset:  # (a reset may move the start earlier than the fill's)
+                assert start >= rec.fill_ns + rec.run_after_s * 1e9, rec
             if not rec.race:
                 assert start < rec.deadline, f"{rec} started after its life span"
 

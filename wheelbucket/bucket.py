@@ -25,7 +25,7 @@ from .core import Core, live_cores
 from .errors import TaskNotFound
 from .executor import HookPlan
 from .stats import BucketStats
-from .task import QUEUED, WAITING, TaskHandle, TaskType
+from .task import IMMEDIATE_FILL, QUEUED, WAITING, TaskHandle, TaskType
 
 __all__ = ["TaskBucket"]
 
@@ -96,16 +96,14 @@ class TaskBucket:
         self._max_bucket = positive_int(max_bucket, "max_bucket")
         # One shared int for every TIME_BOMB task filled with both defaults.
         self._bomb_life = self._life_span - self._run_after
-        # The durations reset() falls back to, one tuple shared by the tasks
-        # filled alike: TIME_BOMB and IMMEDIATE tasks with the defaults
-        # (run_after -1 marks an IMMEDIATE task).
+        # What reset() falls back to for TIME_BOMB tasks filled with the
+        # defaults: one tuple they all share (see TaskHandle._fill).
         self._bomb_fill = (self._run_after, self._life_span)
-        self._now_fill = (-1, self._life_span)
         # The last explicit (run_after, life_span) objects a TIME_BOMB fill
         # took, and their (delay, life) in ns. Programs fill in loops with
         # the same durations: a hit (by identity, so no type can slip in)
         # skips the conversions, and those tasks share one life int.
-        self._last_durations: tuple[object, object, int, int, tuple[int, int]] = (
+        self._last_durations: tuple[object, object, int, int, object] = (
             None,
             None,
             0,
@@ -227,7 +225,7 @@ class TaskBucket:
             if run_after is None and life_span is None:
                 delay = self._run_after
                 life = self._bomb_life
-                fill = self._bomb_fill
+                fill: object = self._bomb_fill
             else:
                 last = self._last_durations
                 if run_after is last[0] and life_span is last[1]:
@@ -250,7 +248,8 @@ class TaskBucket:
                     else:
                         span = duration_ns(life_span, "life_span", zero_ok=False)
                     life = span - delay
-                    fill = (delay, span)
+                    # The caller's own run_after object: no allocation here.
+                    fill = (delay, span) if run_after is None else run_after
                     if life > 0:
                         self._last_durations = (run_after, life_span, delay, life, fill)
             if life <= 0:
@@ -263,12 +262,12 @@ class TaskBucket:
         elif task_type is _IMMEDIATE:
             if run_after is not None:
                 duration_ns(run_after, "run_after", zero_ok=True)  # still check it
-            if life_span is None:
-                life = self._life_span
-                fill = self._now_fill
-            else:
-                life = duration_ns(life_span, "life_span", zero_ok=False)
-                fill = (-1, life)
+            life = (
+                self._life_span
+                if life_span is None
+                else duration_ns(life_span, "life_span", zero_ok=False)
+            )
+            fill = IMMEDIATE_FILL
             state = QUEUED
             due = now
         else:

@@ -312,7 +312,7 @@ class Core:
             and not sched.wake.is_set()
             and sched.wake_at > self.clock.monotonic_ns()
             and len(sched.inbox) < INBOX_BATCH
-            and not sched.moves
+            and len(sched.moves) < INBOX_BATCH
             and not pool.work
             and not pool.hooks
             and pool.busy_count() + in_flight <= running

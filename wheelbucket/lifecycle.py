@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ._args import duration_ns
 from ._log import safe_repr
 from .errors import BucketClosed, BucketFull, TaskExists
 from .stats import LatenessHistogram
@@ -40,6 +41,7 @@ from .task import (
     FAILED,
     FINISHED,
     HOOK_PENDING,
+    IMMEDIATE_FILL,
     QUEUED,
     RESCUED,
     RUNNING,
@@ -355,8 +357,14 @@ class Lifecycle:
                 return None
             state = task._state
             fill = task._fill
-            assert fill is not None  # live
-            fill_delay, fill_span = fill
+            if type(fill) is tuple:
+                fill_delay, fill_span = fill
+            elif fill is IMMEDIATE_FILL:
+                fill_delay = -1
+                fill_span = task._life  # (due is the fill time)
+            else:  # the caller's run_after (checked at fill: it converts)
+                fill_delay = duration_ns(fill, "run_after", zero_ok=True)
+                fill_span = fill_delay + task._life
             now = self.clock_ns()
             old = task._due if state == WAITING else task._due + task._life
             if span is None:
@@ -372,6 +380,7 @@ class Lifecycle:
                         f"life_span ({span / 1e9:g} s) must be greater than run_after "
                         f"({delay / 1e9:g} s) for a TIME_BOMB task"
                     )
+                task._fill = (fill_delay, fill_span)  # _life changes: keep what it was
                 task._due = due = now + delay
                 task._life = span - delay
                 new = due
@@ -385,6 +394,7 @@ class Lifecycle:
                         f"task {task_id!r} is {task.state.value}"
                     )
                 new = now + span
+                task._fill = (fill_delay, fill_span)
                 task._life = new - task._due
                 ctx = task._ctx
                 if ctx is not None:

@@ -115,8 +115,9 @@ class Scheduler:
 
     def move(self, task: TaskHandle, due: int) -> None:
         """`task`'s next deadline moved earlier, to `due` (ns): file it again. Never blocks."""
-        self.moves.append(task)
-        if due < self.wake_at:
+        moves = self.moves
+        moves.append(task)
+        if due < self.wake_at or not len(moves) % INBOX_BATCH:
             self.wake.set()
 
     def watch(self) -> None:

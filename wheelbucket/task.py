@@ -57,6 +57,8 @@ EXHAUSTED = 5
 DRAINED = 6
 RESCUED = 7
 ENDED = FINISHED  # state >= ENDED  <=>  the task has its ending
+# TaskHandle._fill of an IMMEDIATE task that was never reset.
+IMMEDIATE_FILL = -1
 # Or-ed into an ending while its hook has not returned yet: the handle is
 # done (and waiters wake) only once the hook is through.
 HOOK_PENDING = 16
@@ -143,11 +145,14 @@ class TaskHandle(TimerEntry):
     _life: int
     _ctx: TaskContext | None  # while RUNNING
     _waiters: _Waiters | None
-    # Invariant: while live, (run_after, life_span) in ns as filled, for
-    #   reset()'s defaults, run_after -1 for an IMMEDIATE task; a tuple
-    #   shared by the tasks filled alike. The
-    #   twelfth slot costs no memory: objects come in 16-byte size classes.
-    _fill: tuple[int, int] | None
+    # Invariant: while live, _fill says what reset() falls back to, costing
+    #   no allocation at fill: a tuple (run_after, life_span) in ns (shared
+    #   by the tasks filled with the defaults, or made by the first reset);
+    #   IMMEDIATE_FILL for an IMMEDIATE task, whose life span is then still
+    #   _life; or the caller's own run_after object of a TIME_BOMB task, its
+    #   life span then still run_after + _life. The twelfth slot costs no
+    #   memory: objects come in 16-byte size classes.
+    _fill: object
 
     def __init__(
         self,
@@ -157,7 +162,7 @@ class TaskHandle(TimerEntry):
         state: int,
         due: int,
         life: int,
-        fill: tuple[int, int],
+        fill: object,
     ):
         self._wheel_prev = None
         self._wheel_next = None
