@@ -1,15 +1,17 @@
 """``python -m bench``: wheelbucket side by side with its peers, one process per trial.
 
+    python -m bench --quick              # about 100 s: 10k, 1 repeat, 1 s of churn
     python -m bench                      # everything (full mode: 10k/100k/1M, 3 repeats)
-    python -m bench --quick              # about a minute: 10k, 1 repeat, 1 s of churn
+    python -m bench --out docs/benchmarks  # the full run that refreshes the published report
     python -m bench --only wheelbucket,heapq+pool --workloads W1 --sizes 10000,100000
     python -m bench --targets            # issue 2's figures for wheelbucket alone
 
-Writes ``<name>.json``, ``<name>.md`` and PNG plots to ``docs/benchmarks/``;
-the name is ``report`` for a full run with default selections,
-``report-quick`` for ``--quick`` and ``report-custom`` when peers, workloads,
-sizes or repeats were narrowed (so a partial run never overwrites the full
-report). See bench/README.md.
+Writes ``<name>.json``, ``<name>.md`` and PNG plots to ``bench/results/``
+(untracked) unless ``--out`` names another folder: only ``--out
+docs/benchmarks`` changes the published report. The name is ``report`` for a
+full run with default selections, ``report-quick`` for ``--quick`` and
+``report-custom`` when peers, workloads, sizes or repeats were narrowed (so a
+partial run never overwrites the full report). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -28,11 +30,18 @@ from typing import Any
 from .peers import PEERS
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "docs" / "benchmarks"
+DEFAULT_OUT = ROOT / "bench" / "results"  # in .gitignore: a run never touches tracked files
+PUBLISHED = ROOT / "docs" / "benchmarks"  # the report the docs quote: --out docs/benchmarks
 
 FULL = {"sizes": [10_000, 100_000, 1_000_000], "repeats": 3, "budget": 60.0, "duration": 5.0}
 QUICK = {"sizes": [10_000], "repeats": 1, "budget": 10.0, "duration": 1.0}
 WORKLOADS = ["W1", "W2", "W3"]
+HEADINGS = {
+    ("W1", "time"): "W1 burst: schedule N timers due in 10-20 s, then cancel them all",
+    ("W1", "mem"): "W1 memory: bytes per pending timer, traced with tracemalloc",
+    ("W2", "time"): "W2 fire storm: N timers due within 0.5-2.5 s, lateness of each",
+    ("W3", "time"): "W3 churn: 1-s timers at a steady rate, 90 % cancelled 0.1 s later",
+}
 
 
 def _csv(text: str) -> list[str]:
@@ -61,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench",
         description="Benchmark wheelbucket against its peers (see bench/README.md).",
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat (~1 min)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat (~100 s)")
     parser.add_argument("--only", type=_csv, help=f"peers, comma-separated: {', '.join(PEERS)}")
     parser.add_argument("--skip", type=_csv, default=[], help="peers to leave out")
     parser.add_argument("--workloads", type=_csv, help="W1,W2,W3 (default: all)")
@@ -77,7 +86,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=100_000,
         help="largest N for the tracemalloc trials (default 100k; tracing is slow)",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="output directory (default bench/results/, untracked; "
+        "docs/benchmarks/ refreshes the published report)",
+    )
     parser.add_argument("--name", help="output file stem (default: report[-quick|-custom])")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--seed", type=int, default=1)
@@ -185,6 +200,46 @@ def static_skip(trial: dict[str, Any]) -> str | None:
     return None
 
 
+def estimate(trials: list[dict[str, Any]], args: argparse.Namespace) -> tuple[float, str]:
+    """Seconds the planned trials should take, from the published run of the same mode.
+
+    Each trial is priced at what the same (peer, workload, N, kind) took in
+    docs/benchmarks/report[-quick].json; one not found there at the mean of its
+    workload's known trials (or its budget). Returns (seconds, where from).
+    """
+    ref = PUBLISHED / ("report-quick.json" if args.quick else "report.json")
+    took: dict[tuple[str, str, int, str], list[float]] = {}
+    try:
+        published = json.loads(ref.read_text())
+        for t in published["trials"]:
+            key = (t["peer"], t["workload"], int(t["n"]), t["kind"])
+            took.setdefault(key, []).append(float(t.get("process_s") or 0.0))
+        source = f"{ref.relative_to(ROOT)}, run {published['meta'].get('date', '?')[:10]}"
+    except (OSError, ValueError, KeyError):
+        source = "the time budgets (no published run to go by)"
+    by_workload: dict[str, list[float]] = {}
+    for (_, workload, _, _), times in took.items():
+        by_workload.setdefault(workload, []).extend(times)
+    total = 0.0
+    for trial in trials:
+        if static_skip(trial) is not None:
+            continue
+        same = took.get((trial["peer"], trial["workload"], trial["n"], trial["kind"]))
+        if same:
+            total += sum(same) / len(same)
+        elif by_workload.get(trial["workload"]):
+            known = by_workload[trial["workload"]]
+            total += sum(known) / len(known)
+        else:
+            total += args.budget
+    return total, source
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    return f"{minutes}:{secs:02d}"
+
+
 def run_one(trial: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     cmd = [
         sys.executable,
@@ -267,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.targets:
         from . import core_targets
 
-        core_targets.main(["--quick"] if args.quick else [])
+        core_targets.main((["--quick"] if args.quick else []) + ["--out", str(args.out)])
         return
     mode = QUICK if args.quick else FULL
     custom = bool(
@@ -318,10 +373,14 @@ def main(argv: list[str] | None = None) -> None:
         "peer_labels": {p: PEERS[p].label for p in peers},
     }
     trials = plan_trials(args, peers)
+    expected, source = estimate(trials, args)
     print(
         f"bench: {len(trials)} trials, {len(peers)} peers, workloads {','.join(args.workloads)}"
         f", sizes {args.sizes}, {args.repeats} repeat(s), budget {args.budget:g} s/phase; "
-        f"load average {meta['loadavg_before']}",
+        f"load average {meta['loadavg_before']}\n"
+        f"bench: this should take about {_clock(expected)} (m:ss; from the trial times of "
+        f"{source}; longer on a busier machine). Results go to {_shown(args.out)}/{name}.*; "
+        "one line per trial as it ends.",
         file=sys.stderr,
         flush=True,
     )
@@ -329,7 +388,11 @@ def main(argv: list[str] | None = None) -> None:
     # A peer over budget at some size is not asked again for that size or a larger one.
     over: dict[tuple[str, str, str], tuple[int, str]] = {}
     started = time.perf_counter()
+    heading = None
     for i, trial in enumerate(trials, 1):
+        if (trial["workload"], trial["kind"]) != heading:
+            heading = (trial["workload"], trial["kind"])
+            print(f"== {HEADINGS[heading]}", file=sys.stderr, flush=True)
         key = (trial["peer"], trial["workload"], trial["kind"])
         reason = static_skip(trial)
         if reason is None and key in over and trial["n"] >= over[key][0]:
@@ -347,7 +410,8 @@ def main(argv: list[str] | None = None) -> None:
         label = f"{trial['workload']}{'/mem' if trial['kind'] == 'mem' else ''}"
         took = result.get("process_s")
         print(
-            f"[{i:3d}/{len(trials)}] {label:6s} N={trial['n']:>9,} {trial['peer']:16s} "
+            f"[{i:3d}/{len(trials)} {_clock(time.perf_counter() - started):>5}] "
+            f"{label:6s} N={trial['n']:>9,} {trial['peer']:16s} "
             f"rep {trial['rep'] + 1}/{args.repeats if trial['kind'] == 'time' else 1}  "
             f"{describe(result)}" + (f"  ({took:.1f} s)" if took else ""),
             file=sys.stderr,
@@ -356,15 +420,27 @@ def main(argv: list[str] | None = None) -> None:
     meta["loadavg_after"] = loadavg()
     meta["elapsed_s"] = round(time.perf_counter() - started, 1)
 
-    from .report import write_report
+    from .report import goal_lines, write_report
 
     paths = write_report(meta, results, args.out, name, plots=not args.no_plots)
     print(
-        f"bench: done in {meta['elapsed_s']:.0f} s; load average {meta['loadavg_after']}",
+        f"bench: done in {meta['elapsed_s']:.0f} s (expected {expected:.0f} s); "
+        f"load average {meta['loadavg_after']}",
         file=sys.stderr,
     )
     for path in paths:
-        print(f"  wrote {path}", file=sys.stderr)
+        print(f"  wrote {_shown(Path(path))}", file=sys.stderr)
+    print("", file=sys.stderr)
+    for line in goal_lines(results):
+        print(line, file=sys.stderr)
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the repository when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 Each measurement runs in a fresh process (``--run NAME``), prints one JSON
 line, and the parent prints a table: target, GoBucket's figure on the same
 machine, what wheelbucket did, pass/fail. It also writes
-``docs/benchmarks/core_targets[-quick].md`` and ``.json``.
+``core_targets[-quick].md`` and ``.json`` to ``bench/results/`` (untracked),
+or to ``--out DIR``: ``--out docs/benchmarks`` refreshes the published ones.
 
 What is measured (all with a real executor, the scheduler thread and the
 pool running, ``workers=4``):
@@ -59,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "docs" / "benchmarks"
+OUT = ROOT / "bench" / "results"  # untracked; --out docs/benchmarks for the published copy
 
 # tracemalloc slows a threaded program 10-20x (see bench/memory.py): past this N
 # it would take minutes, so the table's figure comes from the allocators' books.
@@ -375,7 +376,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="N = 100,000 (a smoke run)")
     parser.add_argument("--n", type=int, help="N for fill/drain/memory (default 1,000,000)")
     parser.add_argument("--run", choices=sorted(RUNS), help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--out", type=Path, default=OUT, help="output directory (default bench/results/)"
+    )
     args = parser.parse_args(argv)
     if args.run:
         result = RUNS[args.run](args.n or 100_000)

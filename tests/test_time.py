@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import random
 import sys
 import threading
@@ -21,10 +23,22 @@ from typing import Any
 
 import pytest
 
+import wheelbucket
 from wheelbucket import Executor, TaskBucket, TaskContext, TaskState, TaskType
 from wheelbucket.testing import FakeClock, settle
 
 TICK_NS = 1_000_000  # the default tick: 1 ms
+
+# The package's own folder, wherever it is installed: not any path that merely
+# contains "wheelbucket" (the checkout's folder may well have that name too).
+PACKAGE_DIR = os.path.join(
+    os.path.normcase(os.path.realpath(os.path.dirname(wheelbucket.__file__))), ""
+)
+
+
+@functools.cache
+def _is_library_code(filename: str) -> bool:
+    return os.path.normcase(os.path.realpath(filename)).startswith(PACKAGE_DIR)
 
 
 class WallClockChaos:
@@ -44,7 +58,7 @@ class WallClockChaos:
 
     def _note(self) -> float:
         frame = sys._getframe(2)
-        if "/wheelbucket/" in frame.f_code.co_filename.replace("\\", "/"):
+        if _is_library_code(frame.f_code.co_filename):
             self.library_callers.append(f"{frame.f_code.co_filename}:{frame.f_lineno}")
         with self.lock:
             self.calls += 1

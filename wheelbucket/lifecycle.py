@@ -155,8 +155,8 @@ class Lifecycle:
             if len(tasks) >= max_bucket:
                 self.rejected_full += 1
                 raise BucketFull(
-                    f"bucket is full: {max_bucket} live tasks, the max_bucket limit "
-                    f"(TaskBucket(max_bucket=...)); cannot fill {safe_repr(task.id)}"
+                    f"bucket is full (max_bucket={max_bucket} live tasks): "
+                    f"cannot fill {safe_repr(task.id)}"
                 )
             tasks[task_id] = task
             self.filled += 1

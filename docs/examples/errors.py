@@ -20,7 +20,7 @@ with TaskBucket(max_bucket=1, executor=lambda ctx, task_id, data: None) as bucke
     try:
         bucket.fill(TaskType.TIME_BOMB, "second")
     except BucketFull as error:
-        print(error)  # bucket is full (1 live tasks): cannot fill 'second'
+        print(error)  # bucket is full (max_bucket=1 live tasks): cannot fill 'second'
     try:
         bucket.drain("second")
     except TaskNotFound as error:  # also a KeyError
