@@ -172,6 +172,8 @@ class TaskBucket:
             loop=loop,
         )
         live_cores.add(core)
+        self._life_drain = core.life.drain
+        self._drained = core.calls.drained
         # Forgetting close() must neither leak threads nor hang the exit.
         self._finalizer = weakref.finalize(self, _close_forgotten, core)
         # Not at interpreter exit, though: the threads are daemons, and the
@@ -307,8 +309,14 @@ class TaskBucket:
         """
         if type(task_id) is not str or not task_id:
             task_id_arg(task_id)
-        if not self._core.drain(task_id):
+        # Core.drain(), inlined for the common case (it runs once per drain).
+        got = self._life_drain(task_id)
+        if got is None:
             raise TaskNotFound(f"no live task {safe_repr(task_id)}")
+        if isinstance(got, TaskHandle):
+            self._drained(got)
+        else:
+            self._core.calls.ending(got, here=True)  # it was running: stop that
 
     def reset(
         self,

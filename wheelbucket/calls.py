@@ -248,6 +248,16 @@ class Calls:
         else:
             self.pool.submit_hook(job)
 
+    def drained(self, task: TaskHandle) -> None:
+        """A pending task was drained (`Lifecycle.drain`): no hook; complete it here."""
+        level = self.log_level
+        if logger.isEnabledFor(level):
+            logger.log(level, "task %s drained", safe_repr(task.id))
+        if task._waiters is None:
+            task._waiters = self._ended
+        else:
+            self.done(task)
+
     def _stop_running(self, e: Ending) -> None:
         """A task ended under the thread (or coroutine) running it: stop that."""
         ctx = e.ctx

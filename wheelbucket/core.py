@@ -134,10 +134,13 @@ class Core:
 
     def drain(self, task_id: str) -> bool:
         """End live `task_id` as DRAINED; False if it is not live."""
-        ending = self.life.drain(task_id)
-        if ending is None:
+        got = self.life.drain(task_id)
+        if got is None:
             return False
-        self.calls.ending(ending, here=True)
+        if isinstance(got, TaskHandle):
+            self.calls.drained(got)
+        else:
+            self.calls.ending(got, here=True)  # it was running: stop that
         return True
 
     def rescue(self) -> list[str]:

@@ -270,28 +270,31 @@ class Lifecycle:
         if len(self.tasks) <= self.close_allow:
             self.emptied.set()
 
-    def drain(self, task_id: str) -> Ending | None:
-        """End live `task_id` as DRAINED; None if it is not live. Runtime complexity: O(1)."""
+    def drain(self, task_id: str) -> TaskHandle | Ending | None:
+        """End live `task_id` as DRAINED; None if it is not live. Runtime complexity: O(1).
+
+        Returns an `Ending` for a running task (its runner must be stopped),
+        else the task itself: it was pending, so there is nothing to stop and
+        no hook, and building an `Ending` would cost the common case for
+        nothing.
+        """
         lock = self.lock
         if not lock.acquire(False):
             take(lock)
         try:
-            task = self.tasks.get(task_id)
+            task = self.tasks.pop(task_id, None)
             if task is None:
                 return None
             if task._state == RUNNING:
-                ending = self.end_locked(task, DRAINED)
+                ending: TaskHandle | Ending = self.end_locked(task, DRAINED)
             else:
-                # The common case, end_locked() inlined (it runs once per
-                # drain): a pending task, no hook, no worker to free.
-                del self.tasks[task_id]
-                was = task._state
+                # The common case, end_locked() inlined (it runs once per drain).
                 task._state = DRAINED
                 self.drained += 1
-                ending = Ending(task, was, None, None, None)
                 task._plan = task._data = task._fill = None
                 if self.closed:
                     self._ended()
+                ending = task
         finally:
             lock.release()
         self._unfile(task)  # the scheduler takes it out of the wheel
