@@ -361,11 +361,13 @@ class LoopRunner(AsyncRunner):
 
     def _add(self, n: int) -> None:
         with self._count_lock:
-            self.inflight += n
-            if self.inflight:
-                self._idle.clear()
-            else:
+            was = self.inflight
+            self.inflight = now = was + n
+            # The event only when the count crosses zero: not per task.
+            if not now:
                 self._idle.set()
+            elif not was:
+                self._idle.clear()
 
     def _call_soon(self, fn: Callable[..., object], *args: Any) -> bool:
         return self._hand_over(fn, args, None)
@@ -454,9 +456,18 @@ class LoopRunner(AsyncRunner):
         return False
 
     def _start(self, make: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
-        aio_task = self.loop.create_task(self._counted(make), name=f"wheelbucket:{name}")
-        self._tasks.add(aio_task)
-        aio_task.add_done_callback(self._tasks.discard)
+        self.loop.create_task(self._counted(make), name=f"wheelbucket:{name}")
+
+    async def _counted(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        me = asyncio.current_task()
+        if me is not None:
+            self._tasks.add(me)  # (no done callback: one loop step less per task)
+        try:
+            await make()
+        finally:
+            if me is not None:
+                self._tasks.discard(me)
+            self._add(-1)
 
     def _pump(self) -> None:
         self._pump_scheduled = False
@@ -465,11 +476,21 @@ class LoopRunner(AsyncRunner):
         for _ in range(len(incoming)):
             task = incoming.popleft()
             if task._state == QUEUED:
-                aio_task = create_task(self._execute(task), name=f"wheelbucket:{task.id}")
-                self._tasks.add(aio_task)
-                aio_task.add_done_callback(self._tasks.discard)
+                create_task(self._execute(task), name=f"wheelbucket:{task.id}")
             else:
                 self._add(-1)
+
+    async def _execute(self, task: TaskHandle) -> None:
+        me = asyncio.current_task()
+        if me is not None:
+            self._tasks.add(me)
+        try:
+            await self._run_task(task, self._cancel_sent)
+        finally:
+            if me is not None:
+                self._cancel_sent.discard(me)
+                self._tasks.discard(me)
+            self._add(-1)
 
     def wait_for(self, future: concurrent.futures.Future[None]) -> None:
         # Wait while the loop runs; if it stops, give up (the caller logs it).

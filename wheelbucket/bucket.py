@@ -284,18 +284,19 @@ class TaskBucket:
         level = self._log_level
         if logger.isEnabledFor(level):
             logger.log(level, "task %s filled (%s)", safe_repr(task_id), task_type.name)
-        sched = core.sched
-        if state == WAITING:
-            sched.submit(task, due)  # the wheel files it at its due time
-        else:
-            core.submit(task, due + life)
         # Due work first. Under the GIL the scheduler and the workers only run
         # while this thread does not, so a program that fills flat out starves
         # its own timers. When the scheduler oversleeps its deadline, or the
         # oldest task queued for a worker is late, give up the GIL once: never
         # a wait on a lock or a task, at most one thread switch.
-        if sched.late(now - STARVED_NS):
-            _sleep(0)
+        if state == WAITING:
+            # The wheel files it at its due time.
+            if core.sched.submit_timer(task, due, now - STARVED_NS):
+                _sleep(0)
+        else:
+            core.submit(task, due + life)
+            if core.sched.late(now - STARVED_NS):
+                _sleep(0)
         return task
 
     def drain(self, task_id: str) -> None:

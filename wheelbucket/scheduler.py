@@ -113,6 +113,26 @@ class Scheduler:
         if due < self.wake_at or not len(inbox) % INBOX_BATCH:
             self.wake.set()
 
+    def submit_timer(self, task: TaskHandle, due: int, since: int) -> bool:
+        """`submit` a new TIME_BOMB task, then `late(since)`: the whole hand-off of a fill.
+
+        One call, since this runs once per fill. Never blocks.
+        """
+        inbox = self.inbox
+        inbox.append(task)
+        wake_at = self.wake_at
+        if due < wake_at or not len(inbox) % INBOX_BATCH:
+            self.wake.set()
+        if AWAKE < wake_at < since:
+            return True
+        work = self.pool.work
+        if work:
+            try:
+                return work[0]._due < since
+            except IndexError:  # a worker took it meanwhile
+                pass
+        return False
+
     def move(self, task: TaskHandle, due: int) -> None:
         """`task`'s next deadline moved earlier, to `due` (ns): file it again. Never blocks."""
         moves = self.moves
