@@ -199,8 +199,7 @@ class WorkerPool:
 
         Only one: under the GIL, threads that run Python code take turns, so
         waking every worker for a burst of short tasks only makes them fight
-        over it (a burst of 100k timers showed p50 lateness 15x worse with
-        four workers woken than with one). More workers join when the work
+        over it (docs/design.md has the measurement). More workers join when the work
         stalls, that is when tasks block: see `add_worker` and the
         scheduler's stall watch.
         """

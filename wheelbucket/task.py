@@ -140,8 +140,8 @@ class TaskHandle(TimerEntry):
     _state: int
     _due: int  # monotonic ns at which on_execute may start
     # The life span ends at _due + _life. Kept as an offset because tasks
-    # filled with the bucket's defaults then share one int object, which
-    # saves 32 bytes per pending task against storing the deadline.
+    # filled with the bucket's defaults then share one int object (memory
+    # saved per pending task: docs/design.md).
     _life: int
     _ctx: TaskContext | None  # while RUNNING
     _waiters: _Waiters | None
