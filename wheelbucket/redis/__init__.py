@@ -31,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
         "wheelbucket.redis needs the redis client: pip install 'wheelbucket[redis]'"
     ) from exc
 
-from .errors import RedisUnavailable
+from .errors import RedisUnavailable, TaskOutOfReach
 from .serializer import JSONSerializer, Serializer
 from .shared import SharedBucket
 from .stats import GroupInfo, SharedStats
@@ -43,4 +43,5 @@ __all__ = [
     "Serializer",
     "SharedBucket",
     "SharedStats",
+    "TaskOutOfReach",
 ]

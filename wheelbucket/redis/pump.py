@@ -340,7 +340,10 @@ class Pump:
             len(recs),
         )
         self._store.restore_many(
-            [StoredTask(r.id, r.token, r.typ, r.due, r.dl, r.ex, r.payload) for r in recs]
+            [
+                StoredTask(r.id, r.token, r.typ, r.due, r.dl, r.ex, r.payload, r.ra, r.ls)
+                for r in recs
+            ]
         )
         # A task that ended meanwhile found no record to release: take out the
         # one just restored for it, or it would look orphaned and run again.
@@ -414,7 +417,16 @@ class Pump:
         for task in tasks:
             data, error = decode(self._serializer, task.id, task.payload)
             rec = Record(
-                task.id, task.token, data, task.typ, task.due, task.dl, task.ex, task.payload
+                task.id,
+                task.token,
+                data,
+                task.typ,
+                task.due,
+                task.dl,
+                task.ex,
+                task.payload,
+                task.ra,
+                task.ls,
             )
             rec.error = error
             due_us, dl_us = int(rec.due), int(rec.dl)
@@ -428,12 +440,14 @@ class Pump:
                     life_span=_DOOMED_SPAN,
                     doomed=True,
                 )
-            elif due_us > now_us:
+            elif due_us > now_us or rec.typ == "t":
+                # A TIME_BOMB claimed late is placed as one all the same (due
+                # at once), so that a reset sends it back to waiting (SPEC).
                 placed = self._holdings.place_claimed(
                     rec,
                     normal,
                     TaskType.TIME_BOMB,
-                    run_after=(due_us - now_us) / 1e6,
+                    run_after=max(0, due_us - now_us) / 1e6,
                     life_span=(dl_us - now_us) / 1e6,
                     doomed=False,
                 )

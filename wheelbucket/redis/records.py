@@ -10,6 +10,7 @@ makes no Redis call: the callers do, outside the lock.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,7 +19,8 @@ from .._log import safe_repr
 from ..bucket import TaskBucket
 from ..errors import BucketClosed, BucketFull, TaskExists, TaskNotFound
 from ..stats import BucketStats
-from ..task import TaskHandle, TaskType
+from ..task import TaskHandle, TaskState, TaskType
+from .errors import TaskOutOfReach
 from .stats import SharedStats
 
 __all__ = ["Holdings", "Record"]
@@ -28,15 +30,19 @@ class Record:
     """What this process knows of one shared task it holds."""
 
     __slots__ = (
+        "claimed",
         "data",
         "dl",
+        "doomed",
         "due",
         "ending",
         "error",
         "ex",
         "handle",
         "id",
+        "ls",
         "payload",
+        "ra",
         "revoked",
         "token",
         "typ",
@@ -52,17 +58,30 @@ class Record:
         dl: str,
         ex: str,
         payload: bytes | str,
+        ra: str,
+        ls: str,
     ) -> None:
         self.id = task_id
         # Unique per fill: tells this task from a later one with the same id.
         self.token = token
         self.data = data
         self.typ = typ
-        # Due time and life-span deadline, microseconds of the Redis clock.
+        # Due time and life-span deadline, microseconds of the Redis clock,
+        # as it was placed here. A reset here does not move them: nothing
+        # reads them while a member holds the task (docs/shared.md, reset).
         self.due = due
         self.dl = dl
         self.ex = ex
         self.payload = payload
+        # The run-after and life span it was filled with (µs; '' if unknown):
+        # reset's defaults.
+        self.ra = ra
+        self.ls = ls
+        # Claimed from the group: the local bucket was filled with what was
+        # left of its times, not with the times it was filled with.
+        self.claimed = False
+        # Past its life span, or taken from a dead member: its ending is decided.
+        self.doomed = False
         self.handle: TaskHandle | None = None
         # Set (by the pump) when another process drained it or presumed us dead.
         self.revoked = False
@@ -101,6 +120,7 @@ class Holdings:
         self._exhausted_on_claim = 0
         self._reaped = 0
         self._drained_remote = 0
+        self._reset_remote = 0
         self._revoked = 0
         self._rejected_duplicate = 0
         self._rejected_full = 0
@@ -193,6 +213,8 @@ class Holdings:
                 del self._local[rec.id]
                 return False
             rec.handle = handle
+            rec.claimed = True
+            rec.doomed = doomed
             self._claimed += 1
             if doomed:
                 self._exhausted_on_claim += 1
@@ -216,6 +238,54 @@ class Holdings:
                 raise TaskNotFound(f"no live task {safe_repr(task_id)}")
             self._bucket.drain(task_id)  # TaskNotFound if it just ended
         return rec
+
+    def reset_here(
+        self,
+        task_id: str,
+        run_after: float | datetime.timedelta | None,
+        life_span: float | datetime.timedelta | None,
+    ) -> TaskHandle | None:
+        """`TaskBucket.reset` of `task_id` if this process holds it: its handle.
+
+        None if it is not held here (the caller asks Redis). The arguments
+        are checked already. A task claimed from the group gets the times
+        it was *filled* with as defaults, not the rest it was placed with.
+
+        Raises:
+            TaskNotFound: it is held here but has just ended.
+            TaskOutOfReach: its ending is decided (doomed when claimed).
+            ValueError: as `TaskBucket.reset`; nothing changed.
+        """
+        with self._lock:
+            rec = self._local.get(task_id)
+            if rec is None or rec.revoked:
+                return None
+            handle = rec.handle
+            if handle is None or self._bucket.get(task_id) is not handle:
+                raise TaskNotFound(f"no live task {safe_repr(task_id)}")
+            if rec.doomed:
+                raise TaskOutOfReach(
+                    f"task {safe_repr(task_id)} cannot be reset: it was past its life span "
+                    "(or taken from a dead process) when claimed, and it ends EXHAUSTED",
+                    task_id=task_id,
+                    owner="",
+                )
+            if not rec.claimed:
+                # Filled here: the local bucket's defaults are the fill's.
+                return self._bucket.reset(task_id, run_after=run_after, life_span=life_span)
+            if life_span is None and rec.ls:
+                life_span = int(rec.ls) / 1e6
+            if run_after is not None or rec.typ != "t" or not rec.ra:
+                return self._bucket.reset(task_id, run_after=run_after, life_span=life_span)
+            # The default run-after applies while it waits to start; a
+            # running task keeps its start (SPEC). Started meanwhile: the
+            # core refused and changed nothing, so reset its deadline only.
+            try:
+                return self._bucket.reset(task_id, run_after=int(rec.ra) / 1e6, life_span=life_span)
+            except ValueError:
+                if handle.state is TaskState.PENDING:
+                    raise  # the life span is not longer than the run-after
+            return self._bucket.reset(task_id, run_after=None, life_span=life_span)
 
     # -- revocations and releases ---------------------------------------------------
 
@@ -311,6 +381,10 @@ class Holdings:
         with self._lock:
             self._drained_remote += 1
 
+    def count_reset_remote(self) -> None:
+        with self._lock:
+            self._reset_remote += 1
+
     def count_reaped(self, n: int) -> None:
         with self._lock:
             self._reaped += n
@@ -330,6 +404,7 @@ class Holdings:
                 exhausted_on_claim=self._exhausted_on_claim,
                 reaped=self._reaped,
                 drained_remote=self._drained_remote,
+                reset_remote=self._reset_remote,
                 revoked=self._revoked,
                 rejected_duplicate=self._rejected_duplicate,
                 rejected_full=self._rejected_full,

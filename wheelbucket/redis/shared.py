@@ -1,6 +1,6 @@
 """`SharedBucket`: a `TaskBucket` that overflows into, and takes work from, a group on Redis.
 
-It checks arguments, places fills (here or in the group) and drains, and
+It checks arguments, places fills (here or in the group), drains and resets, and
 puts the pieces together: the `GroupStore` (Redis), the `Holdings` (what this
 process holds), the `Pump` and the `Listener` (its two threads). It uses the
 local bucket through `TaskBucket`'s public API only.
@@ -32,19 +32,20 @@ from ..errors import BucketClosed, BucketFull, TaskExists, TaskNotFound
 from ..executor import HookPlan
 from ..task import TaskHandle, TaskType
 from . import forks
-from .errors import UNREACHABLE, RedisUnavailable
+from .errors import UNREACHABLE, RedisUnavailable, TaskOutOfReach
 from .listener import Listener
 from .pump import Pump
 from .records import Holdings, Record
 from .serializer import JSONSerializer, Serializer, encode
 from .stats import GroupInfo, SharedStats
-from .store import Drained, Filled, GroupStore
+from .store import Drained, Filled, GroupStore, Reset, ResetReply
 
 __all__ = ["SharedBucket"]
 
 logger = logging.getLogger("wheelbucket.redis")
 
-# Tries of drain() on a task Redis says this process holds, while it is being placed here.
+# Tries of drain() and reset() on a task Redis says this process holds, while it
+# is being placed here.
 _DRAIN_ATTEMPTS = 3
 
 
@@ -280,6 +281,7 @@ class SharedBucket:
                 f"got {safe_repr(task_type)}"
             )
         payload = encode(self._serializer, task_id, data)
+        delay_us, span_us = -(-delay // 1000), -(-span // 1000)
         here = not self._producer_only and len(self._bucket) < self._max_bucket
         token = self._token_prefix + format(next(self._tokens), "x")
         if here:
@@ -290,8 +292,8 @@ class SharedBucket:
                 token,
                 here=here,
                 typ=typ,
-                delay_us=-(-delay // 1000),
-                span_us=-(-span // 1000),
+                delay_us=delay_us,
+                span_us=span_us,
                 ex=ex,
                 payload=payload,
             )
@@ -308,7 +310,18 @@ class SharedBucket:
             if not here:
                 self._holdings.count_overflowed()
                 return None
-            rec = Record(task_id, token, data, typ, reply.due, reply.dl, ex, payload)
+            rec = Record(
+                task_id,
+                token,
+                data,
+                typ,
+                reply.due,
+                reply.dl,
+                ex,
+                payload,
+                str(delay_us),
+                str(span_us),
+            )
             return self._place_filled(rec, task_type, delay, span)
         except UNREACHABLE as exc:
             self._pump.note_error(exc)
@@ -331,6 +344,8 @@ class SharedBucket:
 
         Raises:
             TaskNotFound: `task_id` is not live anywhere in the group.
+            TaskOutOfReach: it is live, but being placed in this process at
+                that very moment (a fill or a claim in flight); try again.
             RedisUnavailable: Redis was needed and could not be reached.
             TypeError, ValueError: `task_id` is not a non-empty str (checked
                 before any Redis call).
@@ -365,7 +380,88 @@ class SharedBucket:
             if not self._holdings.knows(task_id):
                 force = True
             time.sleep(0.001)
-        raise TaskNotFound(f"task {safe_repr(task_id)} could not be drained: it is being placed")
+        # It is live (Redis says this process holds it): not a TaskNotFound.
+        raise TaskOutOfReach(
+            f"task {safe_repr(task_id)} could not be drained: it is being placed in this "
+            "process right now (by a fill or a claim); try again",
+            task_id=task_id,
+            owner=self.member,
+        )
+
+    def reset(
+        self,
+        task_id: str,
+        *,
+        run_after: float | datetime.timedelta | None = None,
+        life_span: float | datetime.timedelta | None = None,
+    ) -> TaskHandle | None:
+        """Move a live task's timers without ending it, here or while it waits in Redis.
+
+        Here: as `TaskBucket.reset`, with the times the task was *filled*
+        with as defaults (also for a task claimed from the group); no Redis
+        call. Waiting in Redis: its due time (TIME_BOMB) and deadline move in
+        one atomic step, on the Redis clock. Held by another process: refused
+        (see docs/shared.md, reset).
+
+        Returns:
+            The local `TaskHandle` when this process holds the task, None
+            when it was moved in Redis.
+
+        Raises:
+            TaskNotFound: `task_id` is not live anywhere in the group.
+            TaskOutOfReach: it is live but cannot be reset from here: another
+                process holds it, its ending is decided (its holder died, or
+                its life span ran out while it waited), or it is being placed
+                here right now. Nothing changed.
+            RedisUnavailable: Redis was needed and could not be reached.
+            TypeError, ValueError: a bad argument (checked before any Redis
+                call), a `run_after` for a task not waiting to start, or a
+                life span not longer than the run-after. Nothing changed.
+        """
+        task_id = task_id_arg(task_id)
+        delay = None if run_after is None else duration_ns(run_after, "run_after", zero_ok=True)
+        span = None if life_span is None else duration_ns(life_span, "life_span", zero_ok=False)
+        if delay is not None and span is not None and span <= delay:
+            raise ValueError(
+                f"life_span ({span / 1e9:g} s) must be greater than run_after "
+                f"({delay / 1e9:g} s) for a TIME_BOMB task"
+            )
+        for _attempt in range(_DRAIN_ATTEMPTS):
+            handle = self._holdings.reset_here(task_id, run_after, life_span)
+            if handle is not None:
+                return handle
+            try:
+                reply = self._store.reset(
+                    task_id,
+                    delay_us=-1 if delay is None else -(-delay // 1000),
+                    span_us=-1 if span is None else -(-span // 1000),
+                )
+            except UNREACHABLE as exc:
+                self._pump.note_error(exc)
+                raise RedisUnavailable(
+                    f"cannot reset {safe_repr(task_id)}: Redis unreachable ({exc})"
+                ) from exc
+            status = reply.status
+            if status is Reset.MOVED:
+                self._holdings.count_reset_remote()
+                logger.debug(
+                    "task %s reset in the group: due in %g s, life span %g s",
+                    safe_repr(task_id),
+                    reply.delay_us / 1e6,
+                    reply.span_us / 1e6,
+                )
+                return None
+            if status is not Reset.HELD_HERE:
+                raise _reset_refused(task_id, reply)
+            # Redis says we hold it: a fill or claim here is placing it right
+            # now (or handing it back). Look again.
+            time.sleep(0.001)
+        raise TaskOutOfReach(
+            f"task {safe_repr(task_id)} could not be reset: it is being placed in this "
+            "process right now (by a fill or a claim); try again",
+            task_id=task_id,
+            owner=self.member,
+        )
 
     def rescue(self) -> list[str]:
         """`TaskBucket.rescue` for the tasks this process holds; they leave the group."""
@@ -520,6 +616,39 @@ class SharedBucket:
         self._pump.after_fork_in_child()
         self._listener.stop()
         self._closed_event.set()
+
+
+def _reset_refused(task_id: str, reply: ResetReply) -> Exception:
+    """The error for a reset that Redis refused (nothing changed)."""
+    shown = safe_repr(task_id)
+    status = reply.status
+    if status is Reset.UNKNOWN:
+        return TaskNotFound(f"no live task {shown} in the group")
+    if status is Reset.NOT_WAITING:
+        return ValueError(
+            f"run_after applies only to a TIME_BOMB task waiting to start; task {shown} "
+            "is an IMMEDIATE task waiting in the group"
+        )
+    if status is Reset.SPAN:
+        return ValueError(
+            f"life_span ({reply.span_us / 1e6:g} s) must be greater than run_after "
+            f"({reply.delay_us / 1e6:g} s) for a TIME_BOMB task"
+        )
+    if status is Reset.HELD_ELSEWHERE:
+        why = (
+            f"it is held by another process of the group ({reply.owner}), and its timers "
+            "live in that process's memory"
+        )
+    elif status is Reset.DOOMED:
+        why = "it was taken from a dead process and ends EXHAUSTED where it is claimed"
+    else:
+        why = (
+            "its life span ran out while it waited in the group; it ends EXHAUSTED "
+            "where it is claimed"
+        )
+    return TaskOutOfReach(
+        f"task {shown} cannot be reset from here: {why}", task_id=task_id, owner=reply.owner
+    )
 
 
 def _seconds(value: object, name: str) -> float:

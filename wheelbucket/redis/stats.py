@@ -18,6 +18,8 @@ class SharedStats:
     ``filled_local + overflowed`` fills succeeded here; ``claimed`` tasks came
     from Redis, ``exhausted_on_claim`` of them already past their life span
     (or taken from a dead process) and ended EXHAUSTED at once.
+    ``drained_remote`` and ``reset_remote`` count the drains and resets made
+    from here of tasks not held here (a local reset counts in ``local.reset``).
     """
 
     local: BucketStats
@@ -28,6 +30,7 @@ class SharedStats:
     exhausted_on_claim: int
     reaped: int
     drained_remote: int
+    reset_remote: int
     revoked: int
     rejected_duplicate: int
     rejected_full: int

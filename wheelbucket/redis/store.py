@@ -9,7 +9,7 @@ what it returns; every script that changes the group is atomic.
 
 Keys of group G (all share the hash tag {G}, so they live in one slot)::
 
-    wb:{G}:t:<id>        HASH   the task: tok own typ due dl ex d [doom]
+    wb:{G}:t:<id>        HASH   the task: tok own typ due dl ex d ra ls [doom]
     wb:{G}:ids           SET    ids of the live tasks of the group
     wb:{G}:q:<ex>        ZSET   queued tasks for executor name <ex>, by due time
     wb:{G}:exs           SET    executor names ever used (which q:<ex> exist)
@@ -49,6 +49,8 @@ __all__ = [
     "Holder",
     "Reaped",
     "Released",
+    "Reset",
+    "ResetReply",
     "StoredTask",
     "Subscription",
 ]
@@ -112,6 +114,9 @@ class Claimed(NamedTuple):
     payload: bytes | str
     # Taken from a dead member: it must end EXHAUSTED without running.
     doomed: bool
+    # The run-after and life span it was filled with (µs; '' if not recorded).
+    ra: str
+    ls: str
 
 
 class ClaimReply(NamedTuple):
@@ -147,6 +152,31 @@ class DrainReply(NamedTuple):
     owner: str
 
 
+class Reset(enum.IntEnum):
+    """What `GroupStore.reset` did. Only MOVED changed anything."""
+
+    UNKNOWN = 0  # not live in the group
+    MOVED = 1  # it waits in the queue: its times moved
+    HELD_HERE = 2  # this member holds it (or is placing it): reset it locally
+    HELD_ELSEWHERE = 3  # another member holds it: its timers are in that member's memory
+    DOOMED = 4  # taken from a dead member: it ends EXHAUSTED where it is claimed
+    EXPIRED = 5  # its life span ran out while it waited: it ends EXHAUSTED where claimed
+    NOT_WAITING = 6  # a run_after for an IMMEDIATE task
+    SPAN = 7  # the life span is not longer than the run-after
+
+
+class ResetReply(NamedTuple):
+    status: Reset
+    # Who holds it (HELD_HERE, HELD_ELSEWHERE), else ''.
+    owner: str
+    # The run-after and life span used (µs; MOVED, NOT_WAITING, SPAN).
+    delay_us: int
+    span_us: int
+    # Its due time and deadline (µs of the Redis clock): the new ones when MOVED.
+    due_us: int
+    dl_us: int
+
+
 class Beat(NamedTuple):
     now_us: int
     nonce: str
@@ -179,6 +209,8 @@ class StoredTask(NamedTuple):
     dl: str
     ex: str
     payload: bytes | str
+    ra: str
+    ls: str
 
 
 # -- the store -------------------------------------------------------------------
@@ -211,6 +243,7 @@ class GroupStore:
         self._s_claim = client.register_script(_PRELUDE + _source("claim"))
         self._s_release = client.register_script(_source("release"))
         self._s_drain = client.register_script(_source("drain"))
+        self._s_reset = client.register_script(_PRELUDE + _source("reset"))
         self._s_requeue = client.register_script(_source("requeue"))
         self._s_heartbeat = client.register_script(_PRELUDE + _source("heartbeat"))
         self._s_reap = client.register_script(_PRELUDE + _source("reap"))
@@ -270,6 +303,8 @@ class GroupStore:
                 _text(items[i + 5]),
                 items[i + 6],
                 _text(items[i + 7]) == "1",
+                _text(items[i + 8]),
+                _text(items[i + 9]),
             )
             for i in range(0, len(items), len(Claimed._fields))
         ]
@@ -317,6 +352,20 @@ class GroupStore:
             args=[self._prefix, self.member, task_id, self._ledger, "1" if force else "0"]
         )
         return DrainReply(Drained(int(status)), _text(owner))
+
+    def reset(self, task_id: str, *, delay_us: int, span_us: int) -> ResetReply:
+        """Move the due time and deadline of a task waiting in the queue; report a held one.
+
+        `delay_us` / `span_us` count from the Redis clock's now; -1 for the
+        value the task was filled with. A queued TIME_BOMB that becomes the
+        head of its queue wakes the group.
+        """
+        status, owner, delay, span, due, dl = self._s_reset(
+            args=[self._prefix, self.member, task_id, delay_us, span_us]
+        )
+        return ResetReply(
+            Reset(int(status)), _text(owner), int(delay), int(span), int(due), int(dl)
+        )
 
     def requeue(self, task_id: str, token: str) -> bool:
         """Hand a task this member holds back to the group's queue; False if not held."""

@@ -3,7 +3,7 @@
 -- ARGV: P me n lookahead_us nctl ex...
 -- Returns {now, the earliest due time left in its queues (-1: none left),
 -- the revocation entries "tok id", and the tasks taken, flat, each as
--- id tok typ due dl ex data doom}.
+-- id tok typ due dl ex data doom ra ls}.
 local P, me = ARGV[1], ARGV[2]
 local n = tonumber(ARGV[3])
 local now = now_us()
@@ -19,7 +19,7 @@ for i = 6, #ARGV do
     for _, id in ipairs(ids) do
       redis.call('ZREM', q, id)
       local key = P .. 't:' .. id
-      local f = redis.call('HMGET', key, 'tok', 'typ', 'due', 'dl', 'd', 'doom', 'own')
+      local f = redis.call('HMGET', key, 'tok', 'typ', 'due', 'dl', 'd', 'doom', 'own', 'ra', 'ls')
       if f[1] and f[7] == '' then
         redis.call('HSET', key, 'own', me)
         redis.call('SADD', P .. 'by:' .. me, id)
@@ -32,6 +32,8 @@ for i = 6, #ARGV do
         out[k + 6] = ex
         out[k + 7] = f[5] or ''
         out[k + 8] = f[6] or ''
+        out[k + 9] = f[8] or ''
+        out[k + 10] = f[9] or ''
         n = n - 1
       end
     end

@@ -13,8 +13,9 @@ if limit > 0 and redis.call('SCARD', P .. 'ids') >= limit then return {-1, '', '
 local now = now_us()
 local due = num(now + tonumber(ARGV[6]))
 local dl = num(now + tonumber(ARGV[7]))
+-- ra and ls keep the durations it was filled with: reset's defaults.
 redis.call('HSET', key, 'tok', tok, 'own', own, 'typ', ARGV[5], 'due', due, 'dl', dl,
-           'ex', ARGV[8], 'd', ARGV[9])
+           'ex', ARGV[8], 'd', ARGV[9], 'ra', ARGV[6], 'ls', ARGV[7])
 redis.call('SADD', P .. 'ids', id)
 redis.call('SADD', P .. 'exs', ARGV[8])
 if own == '' then
