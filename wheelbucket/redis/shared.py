@@ -33,12 +33,13 @@ from ..executor import HookPlan
 from ..task import TaskHandle, TaskType
 from . import forks
 from .errors import UNREACHABLE, RedisUnavailable, TaskOutOfReach
+from .helpers import _executor_name, _plan, _reset_refused, _seconds
 from .listener import Listener
 from .pump import Pump
 from .records import Holdings, Record
 from .serializer import JSONSerializer, Serializer, encode
 from .stats import GroupInfo, SharedStats
-from .store import Drained, Filled, GroupStore, Reset, ResetReply
+from .store import Drained, Filled, GroupStore, Reset
 
 __all__ = ["SharedBucket"]
 
@@ -397,26 +398,11 @@ class SharedBucket:
     ) -> TaskHandle | None:
         """Move a live task's timers without ending it, here or while it waits in Redis.
 
-        Here: as `TaskBucket.reset`, with the times the task was *filled*
-        with as defaults (also for a task claimed from the group); no Redis
-        call. Waiting in Redis: its due time (TIME_BOMB) and deadline move in
-        one atomic step, on the Redis clock. Held by another process: refused
-        (see docs/shared.md, reset).
-
-        Returns:
-            The local `TaskHandle` when this process holds the task, None
-            when it was moved in Redis.
-
-        Raises:
-            TaskNotFound: `task_id` is not live anywhere in the group.
-            TaskOutOfReach: it is live but cannot be reset from here: another
-                process holds it, its ending is decided (its holder died, or
-                its life span ran out while it waited), or it is being placed
-                here right now. Nothing changed.
-            RedisUnavailable: Redis was needed and could not be reached.
-            TypeError, ValueError: a bad argument (checked before any Redis
-                call), a `run_after` for a task not waiting to start, or a
-                life span not longer than the run-after. Nothing changed.
+        Held here: `TaskBucket.reset` with the filled durations as defaults;
+        returns the local handle. Waiting in Redis: moved atomically; returns
+        None. Raises TaskNotFound (live nowhere), TaskOutOfReach (live but
+        out of reach from here; nothing changed), RedisUnavailable, and
+        TypeError / ValueError as `TaskBucket.reset`. docs/shared.md, reset.
         """
         task_id = task_id_arg(task_id)
         delay = None if run_after is None else duration_ns(run_after, "run_after", zero_ok=True)
@@ -563,28 +549,7 @@ class SharedBucket:
     # -- internals ----------------------------------------------------------------
 
     def _executor_name(self, executor: object) -> str:
-        # A producer runs nothing: any name will do, some other process has it.
-        if executor is None:
-            if "" not in self._plans and not self._producer_only:
-                raise ValueError(
-                    "no executor: pass executor= to SharedBucket(), or the name of one of "
-                    "its executors= to fill()"
-                )
-            return ""
-        if isinstance(executor, str):
-            if not executor or " " in executor:
-                raise ValueError(f"bad executor name {executor!r}")
-            if executor not in self._plans and not self._producer_only:
-                raise ValueError(f"unknown executor name {executor!r}: known are {self._names!r}")
-            return executor
-        for name, plan in self._plans.items():
-            if plan.executor is executor:
-                return name
-        raise TypeError(
-            "a shared task's executor must be the name of one given to executors= (an "
-            "executor object cannot travel to another process), got "
-            f"{type(executor).__name__}"
-        )
+        return _executor_name(executor, self._plans, self._names, self._producer_only)
 
     def _place_filled(
         self, rec: Record, task_type: TaskType, delay: int, span: int
@@ -616,47 +581,3 @@ class SharedBucket:
         self._pump.after_fork_in_child()
         self._listener.stop()
         self._closed_event.set()
-
-
-def _reset_refused(task_id: str, reply: ResetReply) -> Exception:
-    """The error for a reset that Redis refused (nothing changed)."""
-    shown = safe_repr(task_id)
-    status = reply.status
-    if status is Reset.UNKNOWN:
-        return TaskNotFound(f"no live task {shown} in the group")
-    if status is Reset.NOT_WAITING:
-        return ValueError(
-            f"run_after applies only to a TIME_BOMB task waiting to start; task {shown} "
-            "is an IMMEDIATE task waiting in the group"
-        )
-    if status is Reset.SPAN:
-        return ValueError(
-            f"life_span ({reply.span_us / 1e6:g} s) must be greater than run_after "
-            f"({reply.delay_us / 1e6:g} s) for a TIME_BOMB task"
-        )
-    if status is Reset.HELD_ELSEWHERE:
-        why = (
-            f"it is held by another process of the group ({reply.owner}), and its timers "
-            "live in that process's memory"
-        )
-    elif status is Reset.DOOMED:
-        why = "it was taken from a dead process and ends EXHAUSTED where it is claimed"
-    else:
-        why = (
-            "its life span ran out while it waited in the group; it ends EXHAUSTED "
-            "where it is claimed"
-        )
-    return TaskOutOfReach(
-        f"task {shown} cannot be reset from here: {why}", task_id=task_id, owner=reply.owner
-    )
-
-
-def _seconds(value: object, name: str) -> float:
-    return duration_ns(value, name, zero_ok=False) / 1e9
-
-
-def _plan(executor: object, what: str) -> HookPlan:
-    try:
-        return HookPlan(executor)
-    except TypeError as exc:
-        raise TypeError(f"{what}: {exc}") from None
