@@ -337,7 +337,6 @@ class LoopRunner(AsyncRunner):
         self._incoming = deque()
         self._pump_scheduled = False
         self._cancel_sent = set()
-        self._waiting = set()
         self._waiting_lock = threading.Lock()
         # Our asyncio tasks on that loop (loop thread only).
         self._tasks: set[asyncio.Task[Any]] = set()

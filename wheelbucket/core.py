@@ -99,15 +99,12 @@ class Core:
 
     def submit(self, task: TaskHandle, wake_for: int) -> None:
         """Hand a freshly filled IMMEDIATE task to the pool (or the loop), and the scheduler."""
-        sched = self.sched
-        sched.inbox.append(task)  # for its life-span timer
         if _runs_async(task):
             self.runner().submit(task)
         else:
             self.pool.submit(task)
-            sched.watch()
-        if wake_for < sched.wake_at or not len(sched.inbox) % INBOX_BATCH:
-            sched.wake.set()
+            self.sched.watch()
+        self.sched.submit(task, wake_for)  # for its life-span timer
 
     def _dispatch(self, ready: list[TaskHandle]) -> None:
         """Fired tasks go to the pool, or to the loop for an async on_execute (scheduler thread)."""
