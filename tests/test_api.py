@@ -427,7 +427,7 @@ def test_duplicate_fill_is_refused_and_counted(bucket: TaskBucket, clock: FakeCl
     after = bucket.stats()
     assert after.rejected_duplicate == before.rejected_duplicate + 1
     assert after == _with(before, rejected_duplicate=before.rejected_duplicate + 1)
-    assert bucket.get("x") is first
+    assert bucket.get("x") == first
     assert len(bucket) == 1
     clock.advance(1.0)
     settle(bucket)
@@ -642,8 +642,8 @@ def test_get_in_and_len_follow_live_tasks(
     assert len(bucket) == 2
     assert "a" in bucket
     assert "run" in bucket
-    assert bucket.get("a") is a
-    assert bucket.get("run") is run
+    assert bucket.get("a") == a
+    assert bucket.get("run") == run
     assert 1 not in bucket
     assert None not in bucket
     bucket.drain("run")

@@ -330,7 +330,7 @@ def test_a_coroutine_can_fill_drain_and_reset_and_await_the_handle_on_its_loop(
     async def scenario() -> tuple[Any, TaskState]:
         now = bucket.fill(IMMEDIATE, "now", 42)
         later = bucket.fill(TIME_BOMB, "later", run_after=5.0, life_span=10.0)
-        assert bucket.reset("later") is later
+        assert bucket.reset("later") == later
         bucket.drain("later")
         return await now, later.state
 

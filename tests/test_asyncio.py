@@ -1047,7 +1047,7 @@ def drain_as_due(bucket: TaskBucket, handles: list[TaskHandle]) -> None:
     while left and time.monotonic() < end:
         waiting = []
         for handle in left:
-            if handle._state == 0:  # WAITING: not fired yet
+            if isinstance(bucket._core.tasks.get(handle.id), tuple):  # a record: not fired yet
                 waiting.append(handle)
             elif handle.state is TaskState.PENDING:  # fired, not started
                 with contextlib.suppress(KeyError):

@@ -281,7 +281,7 @@ def test_a_refused_fill_counts_nothing_and_a_good_fill_still_works(
     stats = populated.stats()
     assert stats.filled == 5
     assert stats.rejected_duplicate == stats.rejected_full == 0
-    assert populated.get("new") is handle
+    assert populated.get("new") == handle
 
 
 def test_life_span_must_exceed_run_after_for_a_time_bomb(populated: TaskBucket) -> None:
@@ -321,7 +321,7 @@ def test_immediate_task_still_checks_run_after(populated: TaskBucket) -> None:
 def test_a_one_megabyte_id_is_a_valid_id(populated: TaskBucket, fake_clock: FakeClock) -> None:
     handle = populated.fill(TaskType.TIME_BOMB, LONG_ID, run_after=1.0, life_span=2.0)
     assert LONG_ID in populated
-    assert populated.get(LONG_ID) is handle
+    assert populated.get(LONG_ID) == handle
     assert handle.id == LONG_ID
     populated.drain(LONG_ID)
     assert handle.state is TaskState.DRAINED

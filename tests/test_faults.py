@@ -860,7 +860,7 @@ def test_fork_with_a_live_bucket_gives_the_child_a_clear_error(
             time.sleep(0.01)
         assert os.waitstatus_to_exitcode(status) == 0
         # The parent's bucket is untouched by the fork.
-        assert bucket.get("pending") is pending
+        assert bucket.get("pending") == pending
         assert bucket.fill(TaskType.IMMEDIATE, "after-fork").result(10) == "parent"
     finally:
         gate.set()

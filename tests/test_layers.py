@@ -23,6 +23,7 @@ PACKAGE = Path(wheelbucket.__file__).parent
 # Bottom first. A module may import only from the layers before its own.
 LAYERS: list[set[str]] = [
     {"_log", "errors", "clock", "wheel", "stats"},
+    {"context"},
     {"_args", "task", "executor"},
     {"lifecycle", "pool", "_aio"},
     {"calls"},
@@ -33,7 +34,17 @@ LAYERS: list[set[str]] = [
     {"__main__"},
 ]
 # What the redis package may import from the core.
-REDIS_MAY_IMPORT = {"_args", "_log", "bucket", "clock", "errors", "executor", "stats", "task"}
+REDIS_MAY_IMPORT = {
+    "_args",
+    "_log",
+    "bucket",
+    "clock",
+    "context",
+    "errors",
+    "executor",
+    "stats",
+    "task",
+}
 MAX_LINES = 600
 
 

@@ -255,7 +255,7 @@ def test_an_ended_task_keeps_nothing_once_its_handle_is_dropped(
     ending: str, mode: str, task_type: TaskType, leak_bucket: TaskBucket, fake_clock: FakeClock
 ) -> None:
     handle, data_ref, _ = _run_to_ending(leak_bucket, fake_clock, ending, mode, task_type)
-    result = handle._data if handle.state is TaskState.FINISHED else None
+    result = handle.result() if handle.state is TaskState.FINISHED else None
     result_ref = weakref.ref(result) if result is not None else None
     del result
     gc.collect()

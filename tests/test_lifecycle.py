@@ -391,7 +391,7 @@ def test_drain_running_task_cancels_it_and_frees_its_id(
     assert "r" not in bucket
     again = bucket.fill(TIME_BOMB, "r", "second", lambda ctx, task_id, data: data)
     assert again is not handle
-    assert bucket.get("r") is again
+    assert bucket.get("r") == again
 
     settle(bucket, running=1)
     stats = bucket.stats()

@@ -210,7 +210,7 @@ def test_fill_of_its_own_id_from_an_ending_hook_works(
     again = rex.outcome(hook)
     assert isinstance(again, TaskHandle)
     assert again is not parent
-    assert rbucket.get("parent") is again
+    assert rbucket.get("parent") == again
     assert parent.state is NATURAL_END[hook]
     fake_clock.advance(0.5)
     settle(rbucket)

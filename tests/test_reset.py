@@ -231,7 +231,7 @@ def test_pending_time_bomb_gets_a_new_start_and_a_new_life_span(
     handle = bucket.fill(TIME_BOMB, "t", "data", run_after=1.0, life_span=3.0)
     advance_to(clock, 0.5)
     settle(bucket)
-    assert bucket.reset("t", run_after=2.0, life_span=4.0) is handle
+    assert bucket.reset("t", run_after=2.0, life_span=4.0) == handle
     assert handle.state is TaskState.PENDING
     # Due at 0.5 + 2.0 now: not at the old due time 1.0, nor a tick before the new one.
     advance_to(clock, 1.0)
@@ -295,7 +295,7 @@ def test_defaults_are_the_values_the_task_was_filled_with(
     handle = bucket.fill(TIME_BOMB, "t", **case.filled)
     advance_to(clock, RESET_AT)
     settle(bucket)
-    assert bucket.reset("t", **case.reset) is handle
+    assert bucket.reset("t", **case.reset) == handle
     assert_starts_at(bucket, recorder, clock, "t", RESET_AT + case.run_after, stays=True)
     assert deadline_ns(recorder.contexts["t"]) == at(RESET_AT + case.life_span)
     assert_exhausted_at(bucket, clock, handle, RESET_AT + case.life_span)
@@ -348,7 +348,7 @@ def test_defaults_follow_a_refill_of_the_same_id(
     second = bucket.fill(TIME_BOMB, "t", run_after=2.0, life_span=5.0)
     advance_to(clock, 0.5)
     settle(bucket)
-    assert bucket.reset("t") is second
+    assert bucket.reset("t") == second
     assert first.state is TaskState.DRAINED
     recorder.behave("t", wait_cancelled())
     assert_starts_at(bucket, recorder, clock, "t", 2.5, stays=True)
@@ -474,7 +474,7 @@ def test_due_time_bomb_still_queued_for_a_worker_gets_a_new_start(
     # whether it did: to the user the task is PENDING either way.
     grace()
     assert handle.state is TaskState.PENDING
-    assert bucket.reset("q", run_after=1.0) is handle  # due 1.5, life span to 3.5
+    assert bucket.reset("q", run_after=1.0) == handle  # due 1.5, life span to 3.5
     hold.set()  # the worker is free now: q must still wait for 1.5
     settle(bucket)
     assert starts(recorder, "q") == [], "a reset pending TIME_BOMB started before its new due time"
@@ -494,7 +494,7 @@ def test_queued_immediate_gets_a_new_life_span_and_keeps_its_place(
     recorder.behave("q", wait_cancelled())
     handle = bucket.fill(IMMEDIATE, "q", life_span=1.0)
     advance_to(clock, 0.5)
-    assert bucket.reset("q", life_span=2.0) is handle  # the deadline is 2.5 now
+    assert bucket.reset("q", life_span=2.0) == handle  # the deadline is 2.5 now
     advance_to(clock, 1.0)  # past the old deadline
     # It runs as soon as the worker is free: a task whose life span ended while
     # it queued would be exhausted instead (it never starts late).
@@ -571,7 +571,7 @@ def test_running_task_pushed_later_is_not_exhausted_at_its_old_deadline(
     assert deadline_ns(ctx) == at(1.0)
     advance_to(clock, 0.5)
     settle(bucket, running=1)
-    assert bucket.reset("r", life_span=2.0) is handle
+    assert bucket.reset("r", life_span=2.0) == handle
     assert deadline_ns(ctx) == at(2.5)
     assert ctx.remaining() == pytest.approx(2.0)
     advance_to(clock, 1.0)  # the old deadline
@@ -673,7 +673,7 @@ def test_a_task_extends_its_own_life_span_from_on_execute(
         wait_until(lambda step=step: len(beats()) == step, what=f"beat {step}")
     settle(bucket)
     assert [b for b, _, _ in beats()] == [0, 1, 2, 3]
-    assert all(h is handle for _, h, _ in beats())
+    assert all(h == handle for _, h, _ in beats())
     assert [d for _, _, d in beats()] == [at(0.5 * k + 1.0) for k in range(1, 5)]
     assert "run_after refused" in recorder.hooks("hb")
     # 2 s of work on a life span of 1 s: it finished, it was never exhausted.
@@ -767,9 +767,9 @@ def test_reset_returns_the_handle_fill_returned_and_ends_nothing(
     events = recorder.snapshot()
     before = bucket.stats()
     for _ in range(3):
-        assert bucket.reset("bomb") is bomb
-        assert bucket.reset("queued") is queued
-        assert bucket.reset("blocker") is blocker
+        assert bucket.reset("bomb") == bomb
+        assert bucket.reset("queued") == queued
+        assert bucket.reset("blocker") == blocker
     after = bucket.stats()
     assert after.reset == before.reset + 9
     # Nothing else changed: no ending, no hook, no callback, the same counts.
@@ -789,7 +789,7 @@ def test_reset_returns_the_handle_fill_returned_and_ends_nothing(
         TaskState.RUNNING,
     ]
     assert not any(h.done() for h in (bomb, queued, blocker))
-    assert bucket.get("bomb") is bomb
+    assert bucket.get("bomb") == bomb
     assert len(bucket) == 3
     hold.set()  # the blocker finishes, then the queued task runs (its deadline is 5.0)
     settle(bucket)
@@ -1095,7 +1095,7 @@ def test_a_session_touched_a_thousand_times_ends_exactly_once(
         offset = round(offset + rng.choice(TOUCH_GAPS), 6)
         advance_to(clock, offset)
         settle(bucket)
-        assert bucket.reset("session") is handle
+        assert bucket.reset("session") == handle
     assert starts(recorder, "session") == []
     assert bucket.stats().reset == 1000
     assert_starts_at(bucket, recorder, clock, "session", offset + 1.0)
@@ -1120,7 +1120,7 @@ def test_a_running_lease_renewed_a_thousand_times_is_exhausted_once(
         offset = round(offset + rng.choice(TOUCH_GAPS), 6)
         advance_to(clock, offset)
         settle(bucket, running=1)
-        assert bucket.reset("lease") is handle
+        assert bucket.reset("lease") == handle
     assert handle.state is TaskState.RUNNING
     assert deadline_ns(recorder.contexts["lease"]) == at(offset + 1.0)
     assert_exhausted_at(bucket, clock, handle, offset + 1.0)
@@ -1181,7 +1181,7 @@ def test_reset_of_a_live_task_while_close_waits_still_works(
     closer = Closer(bucket)
     with pytest.raises(BucketClosed):
         bucket.fill(IMMEDIATE, "refused")
-    assert bucket.reset("t", run_after=2.0) is handle  # due 2.0 now, life span to 3.0
+    assert bucket.reset("t", run_after=2.0) == handle  # due 2.0 now, life span to 3.0
     advance_to(clock, 1.0)
     settle(bucket)
     assert closer.running()
@@ -1875,14 +1875,14 @@ def test_eight_threads_racing_with_reset_keep_every_invariant() -> None:
 
     problems = [p for t in tallies for p in t.problems]
     fills = [pair for t in tallies for pair in t.fills]
-    job_of = {id(handle): job for handle, job in fills}
+    job_of = {handle: job for handle, job in fills}  # handles of one task are equal
     # Each task's resets, in order (they are all in one tally): the floor of
     # its due time and of its life-span deadline after the last of them.
     due_floor = {key: job.not_before for key, job in job_of.items()}
     life_floor = {key: job.deadline_floor for key, job in job_of.items()}
     for tally in tallies:
         for rec in tally.resets:
-            key = id(rec.handle)
+            key = rec.handle
             job = job_of.get(key)
             if job is None:
                 problems.append(f"reset returned {rec.handle!r}, which no fill returned")
@@ -1910,11 +1910,11 @@ def test_eight_threads_racing_with_reset_keep_every_invariant() -> None:
             problems.append(f"uid {job.uid} executed {job.execs} times")
         if state in (TaskState.FINISHED, TaskState.FAILED) and job.execs != 1:
             problems.append(f"uid {job.uid} ended {state.name} but executed {job.execs} times")
-        if job.execs and job.started < due_floor[id(handle)]:
-            early = due_floor[id(handle)] - job.started
+        if job.execs and job.started < due_floor[handle]:
+            early = due_floor[handle] - job.started
             problems.append(f"uid {job.uid} started {early} ns early")
-        if state is TaskState.EXHAUSTED and job.exhausted_at < life_floor[id(handle)]:
-            early = life_floor[id(handle)] - job.exhausted_at
+        if state is TaskState.EXHAUSTED and job.exhausted_at < life_floor[handle]:
+            early = life_floor[handle] - job.exhausted_at
             problems.append(f"uid {job.uid} exhausted {early} ns early")
     expected = {
         "filled": len(fills),

@@ -384,7 +384,7 @@ class BucketLifecycle(RuleBasedStateMachine):
             assert (rec.handle.state, bucket.stats()) == before, "a refused reset changed state"
         else:
             event(f"reset of a {rec.state} task")
-            assert bucket.reset(task_id, run_after=run_after, life_span=life_span) is rec.handle
+            assert bucket.reset(task_id, run_after=run_after, life_span=life_span) == rec.handle
             self.resets += 1
             rec.reset = True
             rec.deadline = now + span
@@ -517,11 +517,11 @@ class BucketLifecycle(RuleBasedStateMachine):
                 self.new_group.append(rec)
             event(f"fill {kind.name} {behaviour}")
         if rec.handle is None:
-            assert bucket.get(task_id) is before, "a refused fill changed the bucket"
+            assert bucket.get(task_id) == before, "a refused fill changed the bucket"
         self._after_step()
 
     def _end(self, rec: Rec, ending: TaskState) -> None:
-        assert self.live.get(rec.id) is rec, rec
+        assert self.live.get(rec.id) == rec, rec
         del self.live[rec.id]
         if rec.state == QUEUED:
             self._unqueue(rec)
@@ -655,7 +655,7 @@ class BucketLifecycle(RuleBasedStateMachine):
         for task_id in TASK_IDS:
             rec = self.live.get(task_id)
             assert (task_id in bucket) == (rec is not None), task_id
-            assert bucket.get(task_id) is (None if rec is None else rec.handle), task_id
+            assert bucket.get(task_id) == (None if rec is None else rec.handle), task_id
         # Threads: exactly the blocked ones sit in on_execute.
         blocked = self._threads_blocked()
         in_execute = [r for r in self.recs if r.in_execute]

@@ -274,6 +274,11 @@ def test_alternating_durations_each_keep_their_own_schedule(fake_clock: FakeCloc
             handles[f"t{i}"] = bucket.fill(
                 TaskType.TIME_BOMB, f"t{i}", run_after=run_after, life_span=life_span
             )
+        for i in range(12):
+            run_after, life_span = pairs[i % len(pairs)]
+            # The record's life offset (index 2, see wheelbucket.task.Record).
+            life = bucket._core.tasks[f"t{i}"][2]  # type: ignore[index]
+            assert life == math.ceil(life_span * 1e9) - math.ceil(run_after * 1e9)
         start = fake_clock.monotonic_ns()
         for _ in range(12):
             fake_clock.advance(0.001)
@@ -281,12 +286,12 @@ def test_alternating_durations_each_keep_their_own_schedule(fake_clock: FakeCloc
         for i in range(12):
             run_after, life_span = pairs[i % len(pairs)]
             assert started[f"t{i}"] - start == round(run_after * 1e9)
-            assert handles[f"t{i}"]._life == math.ceil(life_span * 1e9) - math.ceil(run_after * 1e9)
         # Tasks filled one after another with the same pair share one int.
         run_after, life_span = pairs[0]
         a = bucket.fill(TaskType.TIME_BOMB, "a", run_after=run_after, life_span=life_span)
         b = bucket.fill(TaskType.TIME_BOMB, "b", run_after=run_after, life_span=life_span)
-        assert a._life is b._life
+        # The records' life offsets (index 2, see wheelbucket.task.Record).
+        assert bucket._core.tasks["a"][2] is bucket._core.tasks["b"][2]  # type: ignore[index]
         bucket.drain("a")
         bucket.drain("b")
 

@@ -35,11 +35,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._log import logger, safe_repr
-from .task import QUEUED, TaskContext, TaskHandle
+from .task import QUEUED, Task, TaskContext
 
 __all__ = ["AsyncRunner", "require_uvloop"]
 
-RunTask = Callable[[TaskHandle, "set[asyncio.Task[Any]]"], Coroutine[Any, Any, None]]
+RunTask = Callable[[Task, "set[asyncio.Task[Any]]"], Coroutine[Any, Any, None]]
 
 
 def require_uvloop() -> None:
@@ -81,7 +81,7 @@ class AsyncRunner:
         # Tasks handed over by other threads, started in batches by _pump:
         # one loop wake-up per batch, not per task. deque.append and popleft
         # are atomic across threads (documented), so no lock.
-        self._incoming: deque[TaskHandle] = deque()
+        self._incoming: deque[Task] = deque()
         # Invariant: True from when a producer schedules _pump until that
         # _pump begins; a producer that sees True knows its task will be taken.
         self._pump_scheduled = False
@@ -113,7 +113,7 @@ class AsyncRunner:
         """The calling thread is the loop's."""
         return threading.current_thread() is self.thread
 
-    def submit(self, task: TaskHandle) -> None:
+    def submit(self, task: Task) -> None:
         """Start `task`'s async on_execute on the loop. Never blocks."""
         self._add(1)
         self._incoming.append(task)
@@ -232,7 +232,7 @@ class AsyncRunner:
             else:  # drained, exhausted or rescued before it started
                 self._add(-1)
 
-    async def _execute(self, task: TaskHandle) -> None:
+    async def _execute(self, task: Task) -> None:
         me = asyncio.current_task()
         try:
             await self._run_task(task, self._cancel_sent)
@@ -323,7 +323,7 @@ class LoopRunner(AsyncRunner):
     def __init__(
         self,
         run_task: RunTask,
-        fail_task: Callable[[TaskHandle, str], None],
+        fail_task: Callable[[Task, str], None],
         loop: asyncio.AbstractEventLoop,
         *,
         name: str,
@@ -395,7 +395,7 @@ class LoopRunner(AsyncRunner):
             self._pending.pop(key, None)
         fn(*args)
 
-    def submit(self, task: TaskHandle) -> None:
+    def submit(self, task: Task) -> None:
         self._add(1)
         self._incoming.append(task)
         if not self._pump_scheduled:
@@ -479,7 +479,7 @@ class LoopRunner(AsyncRunner):
             else:
                 self._add(-1)
 
-    async def _execute(self, task: TaskHandle) -> None:
+    async def _execute(self, task: Task) -> None:
         me = asyncio.current_task()
         if me is not None:
             self._tasks.add(me)

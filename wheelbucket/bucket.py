@@ -25,7 +25,7 @@ from .core import Core, live_cores
 from .errors import TaskNotFound
 from .executor import HookPlan
 from .stats import BucketStats
-from .task import IMMEDIATE_FILL, QUEUED, WAITING, TaskHandle, TaskType
+from .task import IMMEDIATE_FILL, QUEUED, Task, TaskHandle, TaskType, new_token
 
 __all__ = ["TaskBucket"]
 
@@ -97,7 +97,7 @@ class TaskBucket:
         # One shared int for every TIME_BOMB task filled with both defaults.
         self._bomb_life = self._life_span - self._run_after
         # What reset() falls back to for TIME_BOMB tasks filled with the
-        # defaults: one tuple they all share (see TaskHandle._fill).
+        # defaults: one tuple they all share (see Task._fill).
         self._bomb_fill = (self._run_after, self._life_span)
         # The last explicit (run_after, life_span) objects a TIME_BOMB fill
         # took, and their (delay, life) in ns. Programs fill in loops with
@@ -171,6 +171,7 @@ class TaskBucket:
             use_uvloop=use_uvloop,
             loop=loop,
         )
+        core.life.default_plan = self._default_plan
         live_cores.add(core)
         self._life_drain = core.life.drain
         self._drained = core.calls.drained
@@ -216,12 +217,16 @@ class TaskBucket:
             )
         if not task_id:
             raise ValueError("task_id must be a non-empty str")
+        # A record names the bucket's own executor by None: no object in it
+        # for the collector to visit (see task.py).
+        plan: HookPlan | None = None
         if executor is None:
-            plan = self._default_plan
-            if plan is None:
+            if self._default_plan is None:
                 raise ValueError("no executor: pass executor= to fill() or to TaskBucket()")
         else:
             plan = self._plan_for(executor)
+            if plan is self._default_plan:
+                plan = None
         now = self._clock_ns()
         if task_type is _TIME_BOMB:
             if run_after is None and life_span is None:
@@ -259,7 +264,6 @@ class TaskBucket:
                     f"life_span ({(life + delay) / 1e9:g} s) must be greater than run_after "
                     f"({delay / 1e9:g} s) for a TIME_BOMB task"
                 )
-            state = WAITING
             due = now + delay
         elif task_type is _IMMEDIATE:
             if run_after is not None:
@@ -270,16 +274,35 @@ class TaskBucket:
                 else duration_ns(life_span, "life_span", zero_ok=False)
             )
             fill = IMMEDIATE_FILL
-            state = QUEUED
             due = now
         else:
             raise TypeError(
                 f"task_type must be TaskType.IMMEDIATE or TaskType.TIME_BOMB, "
                 f"got {safe_repr(task_type)}"
             )
-        task = TaskHandle(task_id, data, plan, state, due, life, fill)
         core = self._core
-        core.life.admit(task, self._max_bucket)
+        token = new_token()
+        if task_type is _TIME_BOMB:
+            # Its record (task.py); a TIME_BOMB's generation starts at its
+            # token's low byte, so that a filing left from an earlier task of
+            # the same id is stale at once.
+            core.life.admit(
+                task_id, (token, due, life, token & 255, plan, data, fill), self._max_bucket
+            )
+        else:
+            task = Task(
+                task_id,
+                token,
+                data,
+                self._default_plan if plan is None else plan,
+                QUEUED,
+                due,
+                life,
+                token & 255,
+                fill,
+            )
+            core.life.admit(task_id, task, self._max_bucket)
+        handle = TaskHandle(core.life.book, task_id, token)
         # Logged before the hand-off, so "filled" never follows "executing".
         level = self._log_level
         if logger.isEnabledFor(level):
@@ -289,15 +312,15 @@ class TaskBucket:
         # its own timers. When the scheduler oversleeps its deadline, or the
         # oldest task queued for a worker is late, give up the GIL once: never
         # a wait on a lock or a task, at most one thread switch.
-        if state == WAITING:
+        if task_type is _TIME_BOMB:
             # The wheel files it at its due time.
-            if core.sched.submit_timer(task, due, now - STARVED_NS):
+            if core.sched.submit_timer(task_id, due, now - STARVED_NS):
                 _sleep(0)
         else:
             core.submit(task, due + life)
             if core.sched.late(now - STARVED_NS):
                 _sleep(0)
-        return task
+        return handle
 
     def drain(self, task_id: str) -> None:
         """Cancel a live task: it never runs (again) and no hook runs for it.
@@ -314,8 +337,8 @@ class TaskBucket:
         got = self._life_drain(task_id)
         if got is None:
             raise TaskNotFound(f"no live task {safe_repr(task_id)}")
-        if isinstance(got, TaskHandle):
-            self._drained(got)
+        if isinstance(got, int):
+            self._drained(task_id, got)
         else:
             self._core.calls.ending(got, here=True)  # it was running: stop that
 
@@ -456,7 +479,7 @@ class TaskBucket:
         """The handle of live task `task_id`, or None."""
         if type(task_id) is not str or not task_id:
             task_id_arg(task_id)
-        return self._core.life.tasks.get(task_id)
+        return self._core.life.handle_of(task_id)
 
     def stats(self) -> BucketStats:
         """A consistent snapshot of the counters (see `BucketStats`)."""

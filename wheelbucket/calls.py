@@ -38,9 +38,9 @@ from .task import (
     HOOK_PENDING,
     RESCUED,
     RUNNING,
+    Task,
     TaskContext,
     TaskHandle,
-    _Waiters,
 )
 
 __all__ = ["Calls"]
@@ -71,11 +71,9 @@ class Calls:
         #   changes under _errors_lock (hooks fail on any thread).
         self.errors = 0
         self._errors_lock = threading.Lock()
-        # The waiters of every task that ended with nobody waiting: already
-        # released, so a callback added later runs at once and is counted.
-        self._ended = _Waiters()
-        self._ended.runner = self.callback
-        self._ended.release()
+        # What a waiter on a done task gets: already released, so a callback
+        # added later runs at once and is counted.
+        lifecycle.book.done_waiters.runner = self.callback
 
     # -- the policy -----------------------------------------------------------
 
@@ -98,18 +96,18 @@ class Calls:
         except BaseException as exc:
             self.failed("done callback", task.id, exc)
 
-    def done(self, task: TaskHandle) -> None:
+    def done(self, task: Task) -> None:
         """The ending hook is through: the handle is done; run its callbacks."""
         task._state &= ~HOOK_PENDING
-        waiters = task._waiters
-        if waiters is None:
-            # Nobody waits: later waiters and callbacks find it done (a
-            # waiter made this very instant releases itself; see task.py).
-            task._waiters = self._ended
-            return
+        waiters = self.life.book.complete(task)
+        if waiters is not None:
+            self._release(waiters)
+
+    def _release(self, waiters: Any) -> None:
         waiters.runner = self.callback
+        handle = waiters.handle
         for fn in waiters.release():
-            self.callback(fn, task)
+            self.callback(fn, handle)
 
     def hook(
         self,
@@ -117,7 +115,7 @@ class Calls:
         hook: Callable[..., Any] | None,
         task_id: str,
         *args: Any,
-        then: TaskHandle | None = None,
+        then: Task | None = None,
         wait: bool = False,
     ) -> None:
         """Call an ending hook; contain what it raises; then complete `then`.
@@ -142,7 +140,7 @@ class Calls:
         coro: Coroutine[Any, Any, Any],
         name: str,
         task_id: str,
-        then: TaskHandle | None,
+        then: Task | None,
         *,
         wait: bool,
     ) -> None:
@@ -176,7 +174,7 @@ class Calls:
         coro: Coroutine[Any, Any, Any],
         name: str,
         task_id: str,
-        then: TaskHandle | None,
+        then: Task | None,
         future: concurrent.futures.Future[None] | None,
     ) -> None:
         """Await one hook coroutine; contain what it raises; complete `then`."""
@@ -198,7 +196,7 @@ class Calls:
         coro: Coroutine[Any, Any, Any],
         name: str,
         task_id: str,
-        then: TaskHandle | None,
+        then: Task | None,
         why: str,
     ) -> None:
         with contextlib.suppress(Exception):  # never started, or stranded on a dead loop
@@ -226,7 +224,7 @@ class Calls:
         name = _HOOK_OF.get(state) or ""
         hook = getattr(e.plan, name) if name and e.plan is not None else None
         if hook is None:
-            if here or task._waiters is None:
+            if here or not self.life.book.watched:
                 self.done(task)  # no user code to run but the callbacks, if any
                 return
             job: Callable[[], None] = lambda: self.done(task)  # noqa: E731
@@ -248,15 +246,14 @@ class Calls:
         else:
             self.pool.submit_hook(job)
 
-    def drained(self, task: TaskHandle) -> None:
+    def drained(self, task_id: str, token: int) -> None:
         """A pending task was drained (`Lifecycle.drain`): no hook; complete it here."""
         level = self.log_level
         if logger.isEnabledFor(level):
-            logger.log(level, "task %s drained", safe_repr(task.id))
-        if task._waiters is None:
-            task._waiters = self._ended
-        else:
-            self.done(task)
+            logger.log(level, "task %s drained", safe_repr(task_id))
+        waiters = self.life.book.unwatch(token)
+        if waiters is not None:
+            self._release(waiters)
 
     def _stop_running(self, e: Ending) -> None:
         """A task ended under the thread (or coroutine) running it: stop that."""
@@ -269,7 +266,7 @@ class Calls:
         elif ctx._aio_task is not None:
             self.runner().cancel(ctx)
 
-    def _dead_ctx(self, task: TaskHandle) -> TaskContext:
+    def _dead_ctx(self, task: Task) -> TaskContext:
         """A ctx for the hook of a task that never ran: already cancelled."""
         ctx = TaskContext(task.id, task._deadline / 1e9, self.clock)
         ctx._cancelled = True
@@ -277,7 +274,7 @@ class Calls:
 
     # -- the run path -----------------------------------------------------------
 
-    def execute(self, task: TaskHandle, worker: Worker | None) -> None:
+    def execute(self, task: Task, worker: Worker | None) -> None:
         """Run `task` on this worker thread: on_execute, then its ending hook."""
         ctx = TaskContext(task.id, task._deadline / 1e9, self.clock, worker)
         life = self.life
@@ -309,7 +306,7 @@ class Calls:
         else:
             self.hook("on_finish", plan.on_finish, task_id, ctx, task_id, data, then=task)
 
-    async def aexecute(self, task: TaskHandle, cancel_sent: set[asyncio.Task[Any]]) -> None:
+    async def aexecute(self, task: Task, cancel_sent: set[asyncio.Task[Any]]) -> None:
         """Run one async on_execute on the loop, then its ending hook: `execute` for coroutines.
 
         `cancel_sent` holds the asyncio tasks the runner cancelled, so that a
@@ -360,7 +357,7 @@ class Calls:
             # Sync user code never runs on the loop.
             self.pool.submit_hook(lambda: self.hook(name, hook, task_id, *args, then=task))
 
-    def fail_unrun(self, task: TaskHandle, why: str) -> None:
+    def fail_unrun(self, task: Task, why: str) -> None:
         """An async on_execute whose loop cannot run it: the task ends FAILED, saying why."""
         ctx = TaskContext(task.id, task._deadline / 1e9, self.clock)
         plan = task._plan
@@ -386,7 +383,7 @@ class Calls:
                 lambda: self.hook("on_execute_error", hook, task.id, *args, then=task)
             )
 
-    def _ended_under(self, task: TaskHandle, cancelled: bool, result: Any, failed: bool) -> None:
+    def _ended_under(self, task: Task, cancelled: bool, result: Any, failed: bool) -> None:
         """on_execute came back after its task ended: say how, keep the ending."""
         ending = task.state.value
         if cancelled:

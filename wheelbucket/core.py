@@ -22,7 +22,7 @@ from .lifecycle import Ending, Lifecycle
 from .pool import Worker, WorkerPool
 from .scheduler import INBOX_BATCH, Scheduler
 from .stats import BucketStats
-from .task import DRAINED, RESCUED, TaskHandle
+from .task import DRAINED, R_PLAN, RESCUED, Record, Task
 from .wheel import TimingWheel
 
 __all__ = ["Core", "live_cores"]
@@ -54,7 +54,7 @@ class Core:
         self._aio_lock = threading.Lock()
         self.pool = pool = WorkerPool(_unwired, workers, max_extra_workers, name)
         self.life = life = Lifecycle(
-            clock_ns=clock.monotonic_ns, unfile=_unwired, move=_unwired, stuck=pool.flag_stuck
+            clock_ns=clock.monotonic_ns, move=_unwired, stuck=pool.flag_stuck
         )
         self.calls = calls = Calls(
             lifecycle=life, pool=pool, runner=self.runner, clock=clock, log_level=log_level
@@ -71,7 +71,6 @@ class Core:
             exhausted=self._exhausted,
             name=name,
         )
-        life._unfile = sched.inbox.append
         life._move = sched.move
         self.close_done = threading.Event()
         sched.start()
@@ -97,16 +96,16 @@ class Core:
 
     # -- hand-offs --------------------------------------------------------------
 
-    def submit(self, task: TaskHandle, wake_for: int) -> None:
+    def submit(self, task: Task, wake_for: int) -> None:
         """Hand a freshly filled IMMEDIATE task to the pool (or the loop), and the scheduler."""
-        if _runs_async(task):
+        if task._plan.is_async:
             self.runner().submit(task)
         else:
             self.pool.submit(task)
             self.sched.watch()
-        self.sched.submit(task, wake_for)  # for its life-span timer
+        self.sched.submit(task.id, wake_for)  # for its life-span timer
 
-    def _dispatch(self, ready: list[TaskHandle]) -> None:
+    def _dispatch(self, ready: list[Task]) -> None:
         """Fired tasks go to the pool, or to the loop for an async on_execute (scheduler thread)."""
         sync = ready
         if self.aio is not None or any(_runs_async(t) for t in ready):
@@ -134,8 +133,8 @@ class Core:
         got = self.life.drain(task_id)
         if got is None:
             return False
-        if isinstance(got, TaskHandle):
-            self.calls.drained(got)
+        if isinstance(got, int):
+            self.calls.drained(task_id, got)
         else:
             self.calls.ending(got, here=True)  # it was running: stop that
         return True
@@ -226,9 +225,10 @@ class Core:
             life.close_allow = sum(
                 1
                 for task in life.tasks.values()
-                if (on_loop and _runs_async(task))
+                if (on_loop and _runs_async(task, life.default_plan))
                 or (
-                    task._ctx is not None
+                    type(task) is Task
+                    and task._ctx is not None
                     and isinstance(task._ctx.worker, Worker)
                     and task._ctx.worker.thread is current
                 )
@@ -256,7 +256,9 @@ class Core:
                 return
             if app_loop is not None and (app_loop.is_closed() or not app_loop.is_running()):
                 with life.lock:
-                    stranded = sum(1 for task in life.tasks.values() if _runs_async(task))
+                    stranded = sum(
+                        1 for task in life.tasks.values() if _runs_async(task, life.default_plan)
+                    )
                     life.close_allow = mine + stranded
                     if len(life.tasks) <= life.close_allow:
                         return
@@ -339,7 +341,7 @@ class Core:
 
     # What tests read of a core, by their old names.
     @property
-    def tasks(self) -> dict[str, TaskHandle]:
+    def tasks(self) -> dict[str, Record | Task]:
         return self.life.tasks
 
     @property
@@ -355,11 +357,11 @@ class Core:
         return self.sched.wake
 
     @property
-    def inbox(self) -> deque[TaskHandle]:
+    def inbox(self) -> deque[str]:
         return self.sched.inbox
 
     @property
-    def wheel(self) -> TimingWheel:
+    def wheel(self) -> TimingWheel[str]:
         return self.sched.wheel
 
     @property
@@ -376,7 +378,7 @@ class Core:
         parent's; the child starts its own bucket.
         """
         life = self.life
-        life.lock = threading.RLock()
+        life.lock = life.book.lock = threading.RLock()
         life.closed = True
         life.tasks.clear()
         self._aio_lock = threading.Lock()
@@ -392,10 +394,15 @@ def _unwired(*args: Any) -> None:  # pragma: no cover - replaced before any use
     raise AssertionError("core part used before it was wired")
 
 
-def _runs_async(task: TaskHandle) -> bool:
+def _runs_async(task: Record | Task, default_plan: Any = None) -> bool:
     """`task` has an async on_execute. Read without the lock: a task that ended
     since it was queued has no plan any more, and the run path drops it."""
-    plan = task._plan
+    if isinstance(task, tuple):
+        plan = task[R_PLAN]
+        if plan is None:
+            plan = default_plan
+    else:
+        plan = task._plan
     return plan is not None and bool(plan.is_async)
 
 

@@ -18,13 +18,20 @@ exactly one ending and one hook. What happens next (cancelling the ``ctx``,
 unfiling the timer, running the hook) is the caller's business: this module
 calls no user code and starts no thread.
 
-The layers it talks to are handed in as callables: `unfile` and `move`
-(the scheduler's inbox: take a timer out of the wheel, or move it earlier)
-and `stuck` (the pool, told that a worker's task ended under it).
+Records and handles (task.py): a task waiting to start is a tuple record,
+and becomes a `Task` when its run-after timer fires; the handles are views
+that find the task here by id and token while it lives, and its ending in
+its `Book`'s mailbox after. The timers are the scheduler's: it files ids and
+generations, and drops a stale filing when it comes out (lazy deletion), so
+ending or moving a task later never reaches into the wheel. The layers it
+talks to are handed in as callables: `move` (the scheduler's: file a timer
+moved earlier) and `stuck` (the pool, told that a worker's task ended under
+it).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,16 +43,27 @@ from .errors import BucketClosed, BucketFull, TaskExists
 from .stats import LatenessHistogram
 from .task import (
     DRAINED,
-    ENDED,
     EXHAUSTED,
     FAILED,
     FINISHED,
     HOOK_PENDING,
     IMMEDIATE_FILL,
+    MOVED,
     QUEUED,
+    R_DATA,
+    R_DUE,
+    R_FILL,
+    R_GEN,
+    R_LIFE,
+    R_PLAN,
+    R_TOKEN,
+    REFS_UNHELD,
     RESCUED,
     RUNNING,
     WAITING,
+    Book,
+    Record,
+    Task,
     TaskContext,
     TaskHandle,
 )
@@ -80,11 +98,14 @@ def take(lock: threading.RLock) -> None:
 class Ending(NamedTuple):
     """What the thread that ended a task needs for its hook; the task keeps none of it."""
 
-    task: TaskHandle
+    task: Task
     was: int  # the state it ended from
     ctx: TaskContext | None  # its ctx if it had started
     plan: Any  # its HookPlan
     data: Any  # its data (never the outcome)
+
+
+_getrefcount = sys.getrefcount
 
 
 class Lifecycle:
@@ -94,12 +115,10 @@ class Lifecycle:
         self,
         *,
         clock_ns: Callable[[], int],
-        unfile: Callable[[TaskHandle], object],
-        move: Callable[[TaskHandle, int], object],
+        move: Callable[[str, int], object],
         stuck: Callable[[Any], None],
     ) -> None:
         self.clock_ns = clock_ns
-        self._unfile = unfile
         self._move = move
         self._stuck = stuck
         # Re-entrant only so that rescue() can *tell* when a signal handler
@@ -107,9 +126,14 @@ class Lifecycle:
         # runs between two bytecodes of the interrupted code): it then raises
         # a clear error instead of deadlocking, or cutting into half-done work.
         self.lock = threading.RLock()
-        # Invariant: tasks maps the id of every live task (state < ENDED) to
-        # it, in fill order; it changes only under `lock`.
-        self.tasks: dict[str, TaskHandle] = {}
+        # Invariant: tasks maps the id of every live task to its record (a
+        #   tuple, while it waits to start) or its Task (queued or running),
+        #   in fill order; it changes only under `lock`.
+        self.tasks: dict[str, Record | Task] = {}
+        # The executor of records whose plan is None (set by the bucket).
+        self.default_plan: Any = None
+        # Where handles find their tasks, and their endings once over.
+        self.book = Book(self.tasks, self.lock)
         # Invariant: closed only goes from False to True, under `lock`.
         self.closed = False
         # Live tasks that close(wait=True) does not wait for (the caller's own).
@@ -136,19 +160,19 @@ class Lifecycle:
 
     # -- entering -----------------------------------------------------------
 
-    def admit(self, task: TaskHandle, max_bucket: int) -> None:
-        """Put a freshly made task in the map, or refuse it and change nothing.
+    def admit(self, task_id: str, rec: Record | Task, max_bucket: int) -> None:
+        """Put a freshly made record (or IMMEDIATE Task) in the map, or refuse it.
 
-        Raises BucketClosed, TaskExists or BucketFull. Runtime complexity: O(1).
+        Raises BucketClosed, TaskExists or BucketFull, and changes nothing
+        then. Runtime complexity: O(1).
         """
         lock = self.lock
         if not lock.acquire(False):
             take(lock)  # see take(): never join a lock convoy
         try:
             if self.closed:
-                raise BucketClosed(f"bucket is closed: cannot fill {safe_repr(task.id)}")
+                raise BucketClosed(f"bucket is closed: cannot fill {safe_repr(task_id)}")
             tasks = self.tasks
-            task_id = task.id
             if task_id in tasks:
                 self.rejected_duplicate += 1
                 raise TaskExists(f"task {safe_repr(task_id)} is already in the bucket")
@@ -156,22 +180,39 @@ class Lifecycle:
                 self.rejected_full += 1
                 raise BucketFull(
                     f"bucket is full (max_bucket={max_bucket} live tasks): "
-                    f"cannot fill {safe_repr(task.id)}"
+                    f"cannot fill {safe_repr(task_id)}"
                 )
-            tasks[task_id] = task
+            tasks[task_id] = rec
             self.filled += 1
         finally:
             lock.release()
 
+    def _task_of(self, task_id: str, rec: Record, state: int) -> Task:
+        """Make the Task of waiting record `rec`, in its place in the map. Under `lock`."""
+        plan = rec[R_PLAN]
+        task = Task(
+            task_id,
+            rec[R_TOKEN],
+            rec[R_DATA],
+            self.default_plan if plan is None else plan,
+            state,
+            rec[R_DUE],
+            rec[R_LIFE],
+            rec[R_GEN],
+            rec[R_FILL],
+        )
+        self.tasks[task_id] = task
+        return task
+
     # -- running --------------------------------------------------------------
 
-    def begin(self, task: TaskHandle, ctx: TaskContext) -> Ending | bool:
+    def begin(self, task: Task, ctx: TaskContext) -> Ending | bool:
         """Claim a queued task for its on_execute: the one place a task starts.
 
         Returns True with the task RUNNING under `ctx`; False if it ended
-        while it queued; an `Ending` if its life span ended while it queued
-        (it is EXHAUSTED now, and the caller runs the ending's hook: a task
-        never starts late).
+        (or went back to waiting) while it queued; an `Ending` if its life
+        span ended while it queued (it is EXHAUSTED now, and the caller runs
+        the ending's hook: a task never starts late).
         """
         lock = self.lock
         take(lock)
@@ -181,27 +222,25 @@ class Lifecycle:
             now = self.clock_ns()
             deadline = task._due + task._life
             if now >= deadline:
-                ending = self.end_locked(task, EXHAUSTED)
-            else:
-                task._state = RUNNING
-                self.running += 1
-                # reset() may have moved the deadline since ctx was made.
-                ctx.deadline = deadline / 1e9
-                task._ctx = ctx
-                self.lateness.record(now - task._due)
-                if ctx.worker is None:
-                    self.loop_lateness.record(now - task._due)
-                return True
+                return self.end_locked(task, EXHAUSTED)
+            task._state = RUNNING
+            self.running += 1
+            # reset() may have moved the deadline since ctx was made.
+            ctx.deadline = deadline / 1e9
+            task._ctx = ctx
+            self.lateness.record(now - task._due)
+            if ctx.worker is None:
+                self.loop_lateness.record(now - task._due)
+            return True
         finally:
             lock.release()
-        self._unfile(task)
-        return ending
 
-    def finish(self, task: TaskHandle, outcome: Any, failed: bool) -> bool:
+    def finish(self, task: Task, outcome: Any, failed: bool) -> bool:
         """on_execute came back: end `task` FINISHED or FAILED with `outcome`.
 
         Returns False if the task had ended under it meanwhile (its ender
-        runs the hook, and `outcome` is ignored). Runtime complexity: O(1).
+        runs the hook, and `outcome` is ignored). Its life-span timer is left
+        to come out stale. Runtime complexity: O(1).
         """
         lock = self.lock
         take(lock)
@@ -212,11 +251,14 @@ class Lifecycle:
             # this runs once per executed task.
             self.running -= 1
             if failed:
-                task._state = FAILED | HOOK_PENDING
+                state = FAILED | HOOK_PENDING
                 self.failed += 1
             else:
-                task._state = FINISHED | HOOK_PENDING
+                state = FINISHED | HOOK_PENDING
                 self.finished += 1
+            if _getrefcount(task._token) > REFS_UNHELD:
+                self.book.post(task._token, state, outcome)  # before it leaves the map
+            task._state = state
             tasks = self.tasks
             if tasks.get(task.id) is task:
                 del tasks[task.id]
@@ -226,16 +268,11 @@ class Lifecycle:
                 self._ended()
         finally:
             lock.release()
-        if task._wheel_prev is not None:
-            # The scheduler takes its life-span timer out of the wheel. One
-            # not armed yet never will be; in the rare race where the
-            # scheduler arms it right now, it is dropped when it fires.
-            self._unfile(task)
         return True
 
     # -- endings --------------------------------------------------------------
 
-    def end_locked(self, task: TaskHandle, ending: int) -> Ending:
+    def end_locked(self, task: Task, ending: int) -> Ending:
         """Give live `task` its ending. Call with `lock` held, after checking it is live."""
         was = task._state
         ctx = task._ctx
@@ -244,6 +281,8 @@ class Lifecycle:
             if ending != FINISHED and ending != FAILED and ctx is not None and ctx.worker:
                 # Ended under its worker: that thread is stuck in user code.
                 self._stuck(ctx.worker)
+        if _getrefcount(task._token) > REFS_UNHELD:
+            self.book.post(task._token, ending | HOOK_PENDING, None)
         task._state = ending | HOOK_PENDING
         tasks = self.tasks
         if tasks.get(task.id) is task:
@@ -270,35 +309,44 @@ class Lifecycle:
         if len(self.tasks) <= self.close_allow:
             self.emptied.set()
 
-    def drain(self, task_id: str) -> TaskHandle | Ending | None:
+    def drain(self, task_id: str) -> int | Ending | None:
         """End live `task_id` as DRAINED; None if it is not live. Runtime complexity: O(1).
 
         Returns an `Ending` for a running task (its runner must be stopped),
-        else the task itself: it was pending, so there is nothing to stop and
-        no hook, and building an `Ending` would cost the common case for
-        nothing.
+        else the task's token: it was pending, so there is nothing to stop
+        and no hook, and building an `Ending` would cost the common case for
+        nothing. Its timer comes out stale later (or a purge drops it).
         """
         lock = self.lock
         if not lock.acquire(False):
             take(lock)
         try:
-            task = self.tasks.pop(task_id, None)
-            if task is None:
+            rec = self.tasks.get(task_id)
+            if rec is None:
                 return None
-            if task._state == RUNNING:
-                ending: TaskHandle | Ending = self.end_locked(task, DRAINED)
-            else:
+            if isinstance(rec, tuple):
                 # The common case, end_locked() inlined (it runs once per drain).
-                task._state = DRAINED
+                if _getrefcount(rec[R_TOKEN]) > REFS_UNHELD:
+                    self.book.post(rec[R_TOKEN], DRAINED, None)
+                del self.tasks[task_id]
                 self.drained += 1
-                task._plan = task._data = task._fill = None
                 if self.closed:
                     self._ended()
-                ending = task
+                token: int = rec[R_TOKEN]
+                return token
+            if rec._state == RUNNING:
+                return self.end_locked(rec, DRAINED)
+            if _getrefcount(rec._token) > REFS_UNHELD:
+                self.book.post(rec._token, DRAINED, None)
+            del self.tasks[task_id]
+            rec._state = DRAINED
+            self.drained += 1
+            rec._plan = rec._data = rec._fill = None
+            if self.closed:
+                self._ended()
+            return rec._token
         finally:
             lock.release()
-        self._unfile(task)  # the scheduler takes it out of the wheel
-        return ending
 
     def take_all(self, ending: int) -> list[Ending]:
         """End every live task with `ending` (DRAINED or RESCUED), at once, in fill order.
@@ -309,39 +357,60 @@ class Lifecycle:
         with self.lock:
             # list() is one C call, so a signal handler that rescues too (the
             # lock is re-entrant) cannot change the map under this loop.
-            endings = [self.end_locked(task, ending) for task in list(self.tasks.values())]
-        for e in endings:
-            self._unfile(e.task)
+            endings = []
+            for task_id, rec in list(self.tasks.items()):
+                task = self._task_of(task_id, rec, WAITING) if isinstance(rec, tuple) else rec
+                endings.append(self.end_locked(task, ending))
         return endings
 
     def fired(
-        self, chunk: list[Any], now: int
-    ) -> tuple[list[TaskHandle], list[Ending], list[TaskHandle]]:
-        """Timers that came due at `now`: (to start, exhausted, to file again).
+        self, keys: list[str], gens: list[int], now: int
+    ) -> tuple[list[Task], list[Ending], list[str]]:
+        """Filings that came due at `now`: (tasks to start, endings, ids to file again).
 
-        A run-after timer queues its task, unless its life span is over too;
-        a life-span timer exhausts it. A task whose times a reset moved later
-        after its timer was filed is filed again instead (reset leaves such
-        timers where they are: see docs/wheel.md).
+        A filing whose task ended, or whose generation is not the task's
+        (reset moved its timer earlier and filed it anew), is stale and
+        dropped. A run-after timer queues its task, unless its life span is
+        over too; a life-span timer exhausts it. A task whose times moved
+        later after its timer was filed is filed again instead (reset leaves
+        such timers where they are: see docs/wheel.md).
         """
-        ready: list[TaskHandle] = []
+        ready: list[Task] = []
         endings: list[Ending] = []
-        refile: list[TaskHandle] = []
+        refile: list[str] = []
+        tasks = self.tasks
         with self.lock:
-            for task in chunk:
-                state = task._state
-                if state >= ENDED:
+            for i, task_id in enumerate(keys):
+                rec = tasks.get(task_id)
+                if rec is None:
                     continue
-                if now >= task._due + task._life:
-                    endings.append(self.end_locked(task, EXHAUSTED))
-                elif state != WAITING:
-                    refile.append(task)  # its life span was moved later
-                elif now < task._due:
-                    refile.append(task)  # its start was moved later
-                else:
-                    task._state = QUEUED
-                    ready.append(task)
+                if isinstance(rec, tuple):
+                    if rec[R_GEN] != gens[i]:
+                        continue
+                    due = rec[R_DUE]
+                    if now < due:
+                        refile.append(task_id)  # its start was moved later
+                        continue
+                    task = self._task_of(task_id, rec, QUEUED)
+                    if now >= due + rec[R_LIFE]:
+                        endings.append(self.end_locked(task, EXHAUSTED))
+                    else:
+                        ready.append(task)
+                elif rec._gen == gens[i]:
+                    if now >= rec._due + rec._life:
+                        endings.append(self.end_locked(rec, EXHAUSTED))
+                    else:
+                        refile.append(task_id)  # its life span was moved later
         return ready, endings, refile
+
+    def current(self, task_id: str, gen: int) -> bool:
+        """A filing (task_id, gen) is not stale: the task is live in that generation."""
+        rec = self.tasks.get(task_id)
+        if rec is None:
+            return False
+        if isinstance(rec, tuple):
+            return bool(rec[R_GEN] == gen)
+        return rec._gen == gen
 
     def reset(self, task_id: str, delay: int | None, span: int | None) -> TaskHandle | None:
         """Move live `task_id`'s timers (SPEC, reset); None if it is not live.
@@ -355,21 +424,32 @@ class Lifecycle:
         if not lock.acquire(False):
             take(lock)
         try:
-            task = self.tasks.get(task_id)
-            if task is None:
+            rec = self.tasks.get(task_id)
+            if rec is None:
                 return None
-            state = task._state
-            fill = task._fill
+            if isinstance(rec, tuple):
+                task = None
+                state = WAITING
+                token, due, life, gen, plan, data, fill = rec
+            else:
+                task = rec
+                state = task._state
+                token, due, life, gen, fill = (
+                    task._token,
+                    task._due,
+                    task._life,
+                    task._gen,
+                    task._fill,
+                )
             if type(fill) is tuple:
                 fill_delay, fill_span = fill
             elif fill is IMMEDIATE_FILL:
                 fill_delay = -1
-                fill_span = task._life  # (due is the fill time)
+                fill_span = life  # (due is the fill time)
             else:  # the caller's run_after (checked at fill: it converts)
                 fill_delay = duration_ns(fill, "run_after", zero_ok=True)
-                fill_span = fill_delay + task._life
+                fill_span = fill_delay + life
             now = self.clock_ns()
-            old = task._due if state == WAITING else task._due + task._life
             if span is None:
                 span = fill_span
             if state == WAITING or (state == QUEUED and fill_delay >= 0):
@@ -383,34 +463,58 @@ class Lifecycle:
                         f"life_span ({span / 1e9:g} s) must be greater than run_after "
                         f"({delay / 1e9:g} s) for a TIME_BOMB task"
                     )
-                task._fill = (fill_delay, fill_span)  # _life changes: keep what it was
-                task._due = due = now + delay
-                task._life = span - delay
-                new = due
-                if state == QUEUED:
-                    task._state = WAITING
-                    old = new + 1  # not filed for its start any more: file it
+                new = now + delay
+                earlier = task is not None or new < due
+                if earlier:
+                    gen = (gen + 1) & 255  # the filing out there goes stale
+                if task is not None:
+                    plan = None if task._plan is self.default_plan else task._plan
+                    data = task._data
+                    task._state = MOVED
+                self.tasks[task_id] = (
+                    token,
+                    new,
+                    span - delay,
+                    gen,
+                    plan,
+                    data,
+                    (fill_delay, fill_span),
+                )
             else:
                 if delay is not None:
                     raise ValueError(
                         f"run_after applies only to a TIME_BOMB task waiting to start; "
-                        f"task {task_id!r} is {task.state.value}"
+                        f"task {task_id!r} is {rec.state.value}"  # type: ignore[union-attr]
                     )
+                assert task is not None
                 new = now + span
+                earlier = new < due + life
+                if earlier:
+                    task._gen = (gen + 1) & 255
                 task._fill = (fill_delay, fill_span)
-                task._life = new - task._due
+                task._life = new - due
                 ctx = task._ctx
                 if ctx is not None:
                     ctx.deadline = new / 1e9
             self.resets += 1
+            handle = TaskHandle(self.book, task_id, token)
         finally:
             lock.release()
-        if new < old:
-            # Earlier than the timer filed for it: the scheduler moves it. A
-            # later time needs nothing: the old timer fires first and files
-            # the task again then (lazily, once, however often it moved).
-            self._move(task, new)
-        return task
+        if earlier:
+            # Earlier than the timer filed for it: the scheduler files it
+            # anew. A later time needs nothing: the old timer fires first and
+            # files the task again then (lazily, once, however often it moved).
+            self._move(task_id, new)
+        return handle
+
+    def handle_of(self, task_id: str) -> TaskHandle | None:
+        """A handle of live task `task_id`, or None."""
+        with self.lock:
+            rec = self.tasks.get(task_id)
+            if rec is None:
+                return None
+            token = rec[R_TOKEN] if isinstance(rec, tuple) else rec._token
+            return TaskHandle(self.book, task_id, token)
 
     # -- introspection --------------------------------------------------------
 
@@ -419,9 +523,16 @@ class Lifecycle:
         with self.lock:
             tasks = self.tasks
             running = 0
-            for task_id, task in tasks.items():
+            for task_id, rec in tasks.items():
+                if isinstance(rec, tuple):
+                    assert len(rec) == 7, rec
+                    assert 0 <= rec[R_GEN] <= 255, rec
+                    assert rec[R_FILL] is not None, rec
+                    assert rec[R_LIFE] > 0, rec
+                    continue
+                task = rec
                 assert task.id == task_id, (task_id, task)
-                assert task._state < ENDED, task
+                assert task._state in (QUEUED, RUNNING), task
                 assert task._plan is not None, task
                 assert task._fill is not None, task
                 if task._state == RUNNING:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._log import logger
-from .task import TaskHandle
+from .task import Task
 
 __all__ = ["Worker", "WorkerPool"]
 
@@ -108,7 +108,7 @@ class WorkerPool:
 
     def __init__(
         self,
-        execute: Callable[[TaskHandle, Worker], None],
+        execute: Callable[[Task, Worker], None],
         workers: int,
         max_extra: int,
         name: str,
@@ -118,7 +118,7 @@ class WorkerPool:
         self.size = workers
         self.max_extra = max_extra
         self.name = name
-        self.work: deque[TaskHandle] = deque()
+        self.work: deque[Task] = deque()
         self.hooks: deque[Callable[[], None]] = deque()
         self.idle: deque[Worker] = deque()
         self.stopping = False
@@ -133,7 +133,7 @@ class WorkerPool:
         self._serial = 0
         self._bound_logged = False  # see _grow
 
-    def submit(self, task: TaskHandle) -> None:
+    def submit(self, task: Task) -> None:
         """Queue `task` for a worker. Never blocks."""
         self.work.append(task)
         self.nudge()

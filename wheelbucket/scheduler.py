@@ -2,15 +2,17 @@
 
 It owns the wheel and its inbox, and nothing else:
 
-* Callers change a task's state through `lifecycle`, then `submit` it here:
-  a lock-free deque append, and a wake-up only if the task's next deadline
-  is earlier than the one the thread sleeps towards.
-* The thread alone touches the wheel. It *reconciles* each task from the
-  inbox (files it at its next deadline, moves it, or takes an ended task
-  out), fires due run-after timers (hands tasks to `dispatch`) and life-span
-  timers (hands the endings to `exhausted`), then sleeps until the next
-  occupied slot. It never runs user code, so a slow hook cannot delay a
-  timer.
+* Callers change a task's state through `lifecycle`, then `submit` its id
+  here: a lock-free deque append, and a wake-up only if the task's next
+  deadline is earlier than the one the thread sleeps towards.
+* The thread alone touches the wheel. It files each id from the inbox at
+  the task's next deadline, with the generation of its timers, fires due
+  filings (`Lifecycle.fired` drops the stale ones, hands tasks to start to
+  `dispatch` and life-span endings to `exhausted`), then sleeps until the
+  next occupied slot. Nothing ever takes a filing out: an ended or moved
+  task's filing goes stale, and a purge drops the stale ones once they
+  outnumber the live tasks. It never runs user code, so a slow hook cannot
+  delay a timer.
 * It watches the pool's queues while work waits (the stall watch), and adds
   a thread when they stop moving.
 
@@ -24,12 +26,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from .clock import Clock
 from .lifecycle import Ending, Lifecycle
 from .pool import WorkerPool
-from .task import ENDED, WAITING, TaskHandle
+from .task import ENDED, R_DUE, R_GEN, Record, Task
 from .wheel import TimingWheel
 
 __all__ = ["AWAKE", "INBOX_BATCH", "NEVER", "Scheduler"]
@@ -49,6 +50,9 @@ STALL_NS = 2_000_000
 # Fired timers are handled under the lock in chunks of this size, so a
 # storm never holds the lock long enough to stall a caller of fill.
 FIRE_CHUNK = 512
+# Purge stale filings when the wheel holds this many more than twice the
+# live tasks: a purge is O(filings), paid for by at least as many stale ones.
+PURGE_SLACK = 1024
 
 
 class Scheduler:
@@ -63,7 +67,7 @@ class Scheduler:
         wheel_levels: int,
         lifecycle: Lifecycle,
         pool: WorkerPool,
-        dispatch: Callable[[list[TaskHandle]], None],
+        dispatch: Callable[[list[Task]], None],
         exhausted: Callable[[Ending], None],
         name: str,
     ) -> None:
@@ -74,25 +78,25 @@ class Scheduler:
         self._dispatch = dispatch
         self._exhausted = exhausted
         # Invariant: only the scheduler thread touches the wheel.
-        self.wheel = TimingWheel(
+        self.wheel: TimingWheel[str] = TimingWheel(
             bits=wheel_bits, levels=wheel_levels, now=clock.monotonic_ns() // tick_ns
         )
         # deque.append and popleft are atomic across threads (documented):
-        # callers append, the scheduler thread pops.
-        self.inbox: deque[TaskHandle] = deque()
-        # Tasks whose timer reset() moved earlier: reconciled after the inbox,
-        # so a task cannot be filed twice from one batch of the inbox.
-        self.moves: deque[TaskHandle] = deque()
+        # callers append task ids, the scheduler thread pops them.
+        self.inbox: deque[str] = deque()
+        # Ids of tasks whose timer reset() moved earlier: filed after the
+        # inbox, once per batch however often they moved.
+        self.moves: deque[str] = deque()
         self.wake = threading.Event()
         # Invariant: while the scheduler sleeps, wake_at is the monotonic ns it
         # sleeps towards; a caller whose deadline is earlier sets `wake`.
         self.wake_at = AWAKE
         self.asleep = False
         self.stopping = False
-        self._last_tick = 0
+        self.purges = 0
         # Tasks fired on the last turn whose life-span timer is not filed yet,
         # and the earliest of their deadlines (see _arm).
-        self.unarmed: list[TaskHandle] = []
+        self.unarmed: list[Task] = []
         self.unarmed_soonest = NEVER
         # The stall watch: is the head of the pool's queues moving?
         self.watching = False
@@ -106,20 +110,20 @@ class Scheduler:
 
     # -- any thread ---------------------------------------------------------
 
-    def submit(self, task: TaskHandle, due: int) -> None:
-        """Have the thread look at `task`, whose next deadline is `due` (ns). Never blocks."""
+    def submit(self, task_id: str, due: int) -> None:
+        """Have the thread file `task_id`, whose next deadline is `due` (ns). Never blocks."""
         inbox = self.inbox
-        inbox.append(task)
+        inbox.append(task_id)
         if due < self.wake_at or not len(inbox) % INBOX_BATCH:
             self.wake.set()
 
-    def submit_timer(self, task: TaskHandle, due: int, since: int) -> bool:
+    def submit_timer(self, task_id: str, due: int, since: int) -> bool:
         """`submit` a new TIME_BOMB task, then `late(since)`: the whole hand-off of a fill.
 
         One call, since this runs once per fill. Never blocks.
         """
         inbox = self.inbox
-        inbox.append(task)
+        inbox.append(task_id)
         wake_at = self.wake_at
         if due < wake_at or not len(inbox) % INBOX_BATCH:
             self.wake.set()
@@ -133,10 +137,10 @@ class Scheduler:
                 pass
         return False
 
-    def move(self, task: TaskHandle, due: int) -> None:
-        """`task`'s next deadline moved earlier, to `due` (ns): file it again. Never blocks."""
+    def move(self, task_id: str, due: int) -> None:
+        """`task_id`'s next deadline moved earlier, to `due` (ns): file it anew. Never blocks."""
         moves = self.moves
-        moves.append(task)
+        moves.append(task_id)
         if due < self.wake_at or not len(moves) % INBOX_BATCH:
             self.wake.set()
 
@@ -171,58 +175,64 @@ class Scheduler:
         clock = self.clock
         wheel = self.wheel
         inbox = self.inbox
+        moves = self.moves
+        tasks = self.life.tasks
         tick_ns = self.tick_ns
         wake = self.wake
-        reconcile = self._reconcile
-        wheel_add = wheel.add
         wheel_add_many = wheel.add_many
-        task: TaskHandle | None = None
+        rec: Record | Task | None = None
         # This 'while' loop right here is the scheduler.
         while True:
             self.wake_at = AWAKE
             wake.clear()
-            # Apply what callers submitted; a bounded batch, so producers
-            # cannot keep the loop from firing timers.
-            # The common case, a new TIME_BOMB (this runs once per fill), is
-            # _reconcile() inlined: file it at its due tick. A filling thread
-            # makes hundreds of tasks due in the same tick: the first is
-            # added alone, the rest of the run wait in `run` and go in with
-            # one add_many (the slot found once) when the tick changes. A run
-            # never holds a task twice: fill submits a TIME_BOMB once while
-            # WAITING, and every later submission of it follows a change of
-            # its state or its times (so it takes the other branch).
-            run: list[TaskHandle] = []
+            # File what callers submitted; a bounded batch, so producers
+            # cannot keep the loop from firing timers. Each id is looked up
+            # now and filed as the task is now (a task drained meanwhile is
+            # not filed at all). A filling thread makes hundreds of tasks due
+            # in the same tick: a run of them goes in with one add_many (the
+            # slot found once, one shared tick int).
+            run_keys: list[str] = []
+            run_gens: list[int] = []
             last_tick = -1
             for _ in range(len(inbox)):
-                task = inbox.popleft()
-                if task._state == WAITING and task._wheel_prev is None:
-                    tick = -(-task._due // tick_ns)
-                    if tick == last_tick:
-                        run.append(task)
-                        continue
-                    if run:
-                        wheel_add_many(run, last_tick)
-                        run = []
-                    last_tick = tick
-                    wheel_add(task, tick)
+                task_id = inbox.popleft()
+                rec = tasks.get(task_id)
+                if rec is None:
+                    continue
+                if isinstance(rec, tuple):
+                    tick = -(-rec[R_DUE] // tick_ns)
+                    gen = rec[R_GEN]
                 else:
-                    if run:  # file them first: this may be one of them, drained
-                        wheel_add_many(run, last_tick)
-                        run = []
-                    reconcile(task)
-            if run:
-                wheel_add_many(run, last_tick)
-            moves = self.moves
-            for _ in range(len(moves)):
-                reconcile(moves.popleft())
-            task = None  # sleep holding no handle
-            run = []
+                    # Ceiling division: a deadline between two ticks belongs
+                    # to the later one, so nothing ever fires early.
+                    tick = -(-(rec._due + rec._life) // tick_ns)
+                    gen = rec._gen
+                if tick != last_tick:
+                    if run_keys:
+                        wheel_add_many(last_tick, run_keys, run_gens)
+                        run_keys = []
+                        run_gens = []
+                    last_tick = tick
+                run_keys.append(task_id)
+                run_gens.append(gen)
+            if run_keys:
+                wheel_add_many(last_tick, run_keys, run_gens)
+            rec = None  # sleep holding no record (it holds the caller's data)
+            run_keys = []
+            run_gens = []
+            if moves:
+                self._file_moves()
             if self.unarmed:
                 self._arm()
             now = clock.monotonic_ns()
-            expired = wheel.advance(now // tick_ns)
-            if expired:
-                self._fire(expired, now)
+            keys, gens = wheel.advance(now // tick_ns)
+            if keys:
+                self._fire(keys, gens, now)
+            keys = []  # sleep holding nothing
+            gens = []
+            if len(wheel) > 2 * len(tasks) + PURGE_SLACK:
+                self.purges += 1
+                wheel.purge(self.life.current)
             if self.stopping:
                 break
             nxt = wheel.next_tick()
@@ -233,56 +243,60 @@ class Scheduler:
             self.wake_at = NEVER if deadline is None else deadline
             # Look again after publishing wake_at: a submission that came
             # before it saw AWAKE and did not wake us.
-            if inbox or self.moves or (deadline is not None and deadline <= now):
+            if inbox or moves or (deadline is not None and deadline <= now):
                 continue
             self.asleep = True
             clock.wait(wake, deadline, stall_timeout)
             self.asleep = False
         self.wake_at = AWAKE
 
+    def _file(self, task_id: str) -> None:
+        """File live `task_id` at its next deadline, in its generation (scheduler thread)."""
+        rec = self.life.tasks.get(task_id)
+        if rec is None:
+            return
+        if isinstance(rec, tuple):
+            due = rec[R_DUE]
+            gen = rec[R_GEN]
+        else:
+            if rec._state >= ENDED:
+                return
+            due = rec._due + rec._life
+            gen = rec._gen
+        self.wheel.add(-(-due // self.tick_ns), task_id, gen)
+
+    def _file_moves(self) -> None:
+        """File the tasks whose timer moved earlier, each once (it may have moved often)."""
+        moves = self.moves
+        seen: set[str] = set()
+        for _ in range(len(moves)):
+            task_id = moves.popleft()
+            if task_id not in seen:
+                seen.add(task_id)
+                self._file(task_id)
+
     def _arm(self) -> None:
         """File the life-span timers of tasks fired on the last turn, if still live."""
         unarmed = self.unarmed
         self.unarmed = []
         self.unarmed_soonest = NEVER
-        reconcile = self._reconcile
+        tasks = self.life.tasks
+        file = self._file
         for task in unarmed:
-            if task._state < ENDED:
-                reconcile(task)
+            if task._state < ENDED and tasks.get(task.id) is task:
+                file(task.id)
 
-    def _reconcile(self, task: TaskHandle) -> None:
-        """Make the wheel agree with `task`'s state and times (scheduler thread only)."""
-        state = task._state
-        if state >= ENDED:
-            if task._wheel_prev is not None:
-                self.wheel.remove(task)
-            return
-        # Ceiling division: a deadline between two ticks belongs to the
-        # later one, so nothing ever fires early.
-        due = task._due if state == WAITING else task._due + task._life
-        tick = -(-due // self.tick_ns)
-        if task._wheel_prev is not None:
-            if tick >= task._wheel_tick:
-                return  # filed no later than due: it is looked at again in time
-            self.wheel.remove(task)  # reset() moved it earlier
-        # Tasks due in the same tick share one int object: memory saved when
-        # they come in bursts, for one comparison.
-        if tick == self._last_tick:
-            tick = self._last_tick
-        else:
-            self._last_tick = tick
-        self.wheel.add(task, tick)
-
-    def _fire(self, expired: list[Any], now: int) -> None:
-        """Handle timers that came due: start tasks, exhaust the overdue."""
+    def _fire(self, keys: list[str], gens: list[int], now: int) -> None:
+        """Handle filings that came due: start tasks, exhaust the overdue."""
         fired = self.life.fired
-        reconcile = self._reconcile
-        for start in range(0, len(expired), FIRE_CHUNK):
-            ready, endings, refile = fired(expired[start : start + FIRE_CHUNK], now)
+        file = self._file
+        for start in range(0, len(keys), FIRE_CHUNK):
+            stop = start + FIRE_CHUNK
+            ready, endings, refile = fired(keys[start:stop], gens[start:stop], now)
             if ready:
                 # Life-span timers are armed on the next turn of the loop (see
                 # _arm), and only for tasks still live then: a short task has
-                # ended by then and never costs a wheel add and remove.
+                # ended by then and never costs a filing.
                 soonest = self.unarmed_soonest
                 for task in ready:
                     end = task._due + task._life
@@ -291,8 +305,8 @@ class Scheduler:
                 self.unarmed.extend(ready)
                 self.unarmed_soonest = soonest
                 self._dispatch(ready)
-            for task in refile:
-                reconcile(task)
+            for task_id in refile:
+                file(task_id)
             for ending in endings:
                 self._exhausted(ending)
 

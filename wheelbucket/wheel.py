@@ -3,92 +3,64 @@
 Time is an integer *tick*. The caller owns the clock and passes "now" in;
 nothing here reads the time or sleeps, so the wheel is tested exactly.
 
+What it holds
+-------------
+A *filing* is a promise to look at something at a tick: a key (any object;
+the bucket files task ids) and a small int tag (the bucket's generation of
+the task's timers). The wheel hands both back, unchanged, once the tick has
+come. It never looks inside them, and it holds nothing else: no node object
+per filing, no links. That is the point. A filing costs three list cells,
+and a million of them are a handful of list objects that the cyclic garbage
+collector walks in one pass over plain ints and strings (the bucket's GC
+burden, docs/design.md). Linked nodes would be a million tracked objects,
+each a visit at every full collection.
+
+There is no `remove`. A filing that went stale (its task ended, or its timer
+moved) stays until its tick, and the caller drops it then, by comparing the
+tag with what it knows now: *lazy deletion*, as in Kafka's purgatory. When
+stale filings outnumber the live ones, the caller `purge`s them in one O(n)
+pass, so they never cost more than the live ones do.
+
 Layout
 ------
-Level ``L`` has ``2**bits`` slots, each ``2**(L*bits)`` ticks wide. An entry
-is filed in the lowest level whose slot can tell its deadline apart from
-"now": the level of the highest bit in which ``now`` and ``deadline`` differ.
-The slot is named by its *key*, the first tick it covers (the deadline with
-the low ``L*bits`` bits cleared), and the key is always after ``now``. When
-the key's tick comes, the slot is taken out whole: entries whose deadline has
-come expire, the rest are filed again, necessarily one level lower or more.
-An entry therefore moves down at most ``levels - 1`` times, and only when its
-slot comes due. Deadlines past the top level's span stay in top-level slots
-(their keys simply lie further out), so there is no separate overflow list
-and no horizon: a deadline days or years away costs the same as one a second
-away, plus at most one cascade per level.
+Level ``L`` has ``2**bits`` slots, each ``2**(L*bits)`` ticks wide. A filing
+goes in the lowest level whose slot can tell its tick apart from "now": the
+level of the highest bit in which ``now`` and the tick differ. The slot is
+named by its *key*, the first tick it covers (the tick with the low
+``L*bits`` bits cleared), and the key is always after ``now``. When the key's
+tick comes, the slot is taken out whole: filings whose tick has come expire,
+the rest are filed again, necessarily one level lower or more. A filing
+moves down at most ``levels - 1`` times, and only when its slot comes due.
+Ticks past the top level's span stay in top-level slots (their keys simply
+lie further out), so there is no overflow list and no horizon.
 
 Slots live in a dict keyed by slot key, and a ``SortedList`` indexes the keys
 of the occupied slots, so the next thing to do is ``index[0]``: the caller
-sleeps straight to it and never ticks through empty slots.
-
-Each slot is an intrusive, circular, doubly linked list through the entries
-themselves (as in the Linux kernel, Kafka's purgatory and Tokio): adding and
-removing cost O(1) with no hashing, an entry costs three pointer-sized
-fields, and entries come out of a slot in the order they went in.
+sleeps straight to it and never ticks through empty slots. A slot is three
+parallel lists (ticks, keys, tags): appending costs three list appends, and
+a slot's filings come out in the order they went in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, Generic, TypeVar
 
 from sortedcontainers import SortedList
 
-__all__ = ["TimerEntry", "TimingWheel"]
+__all__ = ["TimingWheel"]
+
+K = TypeVar("K", bound=Hashable)
 
 
-class TimerEntry:
-    """Something that can sit in a `TimingWheel`.
-
-    Subclass it (with ``__slots__``) to carry a payload. The three fields are
-    the wheel's own; do not touch them while the entry is in a wheel.
-    """
-
-    __slots__ = ("_wheel_next", "_wheel_prev", "_wheel_tick")
-
-    # Invariant: _wheel_prev is None  <=>  the entry is in no wheel.
-    # Invariant: while in a wheel, _wheel_tick is its deadline tick.
-    _wheel_tick: int
-    _wheel_prev: TimerEntry | None
-    _wheel_next: TimerEntry | None
-
-    def __init__(self) -> None:
-        self._wheel_tick = 0
-        self._wheel_prev = None
-        self._wheel_next = None
-
-    @property
-    def in_wheel(self) -> bool:
-        """True while the entry is filed in a wheel."""
-        return self._wheel_prev is not None
-
-
-class _Slot(TimerEntry):
-    """The sentinel head of one slot's circular list."""
-
-    __slots__ = ()
-
-    def __init__(self, key: int) -> None:
-        self._wheel_tick = key
-        self._wheel_prev = self
-        self._wheel_next = self
-
-    def __iter__(self) -> Iterator[TimerEntry]:
-        node = self._wheel_next
-        while node is not self:
-            assert node is not None
-            yield node
-            node = node._wheel_next
-
-
-class TimingWheel:
-    """A hierarchical timing wheel over integer ticks.
+class TimingWheel(Generic[K]):
+    """A hierarchical timing wheel of (key, tag) filings over integer ticks.
 
     Args:
         bits: each level has ``2**bits`` slots (default 6: 64 slots).
         levels: number of levels (default 6: with 1 ms ticks the first five
-            levels span 2**30 ms, about 12 days; later deadlines ride in the
-            top level and cost at most one extra cascade).
+            levels span 2**30 ms, about 12 days; later ticks ride in the top
+            level and cost at most one extra cascade).
         now: the starting tick.
 
     Small values (``bits=1, levels=2``) make cascades happen all the time,
@@ -105,17 +77,18 @@ class TimingWheel:
         self._bits = bits
         self._levels = levels
         # Invariant: _now only grows; every slot key is >= _now, and a key
-        # equal to _now holds only entries already due (added "in the past").
+        # equal to _now holds only filings already due (added "in the past").
         self._now = now
-        # Invariant: _slots holds exactly the non-empty slots, by key.
-        self._slots: dict[int, _Slot] = {}
+        # Invariant: _slots holds exactly the non-empty slots, by key, each
+        #   as [ticks, keys, tags]: three lists of the same length.
+        self._slots: dict[int, list[Any]] = {}
         # Invariant: the keys of _index are exactly the keys of _slots.
         self._index: SortedList = SortedList()
-        # Invariant: _count is the number of entries in all slots.
+        # Invariant: _count is the number of filings in all slots.
         self._count = 0
-        # _shift_for[n] is the low-bit count to clear from a deadline whose
-        # highest bit differing from "now" is bit n - 1: a table lookup instead
-        # of a division and a min() on every add.
+        # _shift_for[n] is the low-bit count to clear from a tick whose
+        # highest bit differing from "now" is bit n - 1: a table lookup
+        # instead of a division and a min() on every add.
         top = (levels - 1) * bits
         self._shift_for = [min((n - 1) // bits * bits, top) if n else 0 for n in range(129)]
 
@@ -127,203 +100,185 @@ class TimingWheel:
         return self._now
 
     def __len__(self) -> int:
-        """Number of entries in the wheel. Runtime complexity: O(1)."""
+        """Number of filings in the wheel, stale ones included. O(1)."""
         return self._count
 
     def next_tick(self) -> int | None:
         """The earliest tick at which `advance` has work to do, or None if empty.
 
-        It may be earlier than any deadline (a slot that only cascades), and
-        it is never later than ``max(now, earliest deadline)``: an entry added
-        with a deadline already past shows as `now`. Runtime complexity: O(1).
+        It may be earlier than any filing's tick (a slot that only
+        cascades), and it is never later than ``max(now, earliest tick)``: a
+        filing added with a tick already past shows as `now`. O(1).
         """
         index = self._index
         return index[0] if index else None
 
     # -- updates ----------------------------------------------------------
 
-    def add(self, entry: TimerEntry, tick: int) -> None:
-        """File `entry` to expire at `tick`.
+    def add(self, tick: int, key: K, tag: int = 0) -> None:
+        """File `key` with `tag`, to come back out at `tick`.
 
-        A tick at or before `now` makes the entry due at the next `advance`.
-        Raises ValueError if the entry is already in a wheel.
-        Runtime complexity: O(1), plus O(log s) when it occupies an empty
-        slot (s = occupied slots: at most ``2**bits`` per level, plus one per
-        top-level span in use for deadlines beyond the top level; about 600
-        with the defaults and the bucket's ten-year cap).
+        A tick at or before `now` makes it due at the next `advance`. The
+        same key may be filed any number of times. Runtime complexity: O(1),
+        plus O(log s) when it occupies an empty slot (s = occupied slots: at
+        most ``2**bits`` per level, plus one per top-level span in use).
         """
-        if entry._wheel_prev is not None:
-            raise ValueError("entry is already in a wheel")
-        entry._wheel_tick = tick
-        # The slot rule lives here only (inline: this runs once per fill and
-        # per cascade); add_many and cascades (_file) go through here.
+        # The slot rule lives here and in add_many (inline: this runs once
+        # per fill and per cascade).
         now = self._now
         if tick <= now:
-            key = now
+            slot_key = now
         else:
             width = (now ^ tick).bit_length()
             shift = self._shift_for[width] if width < 129 else self._shift_for[128]
-            key = tick >> shift << shift
-        head = self._slots.get(key)
-        if head is None:
-            head = self._slots[key] = _Slot(key)
-            self._index.add(key)
-        tail = head._wheel_prev
-        entry._wheel_prev = tail
-        entry._wheel_next = head
-        tail._wheel_next = entry  # type: ignore[union-attr]
-        head._wheel_prev = entry
+            slot_key = tick >> shift << shift
+        slot = self._slots.get(slot_key)
+        if slot is None:
+            self._slots[slot_key] = [[tick], [key], [tag]]
+            self._index.add(slot_key)
+        else:
+            slot[0].append(tick)
+            slot[1].append(key)
+            slot[2].append(tag)
         self._count += 1
 
-    def add_many(self, entries: Iterable[TimerEntry], tick: int) -> None:
-        """File every entry in `entries`, in order, to expire at `tick`.
+    def add_many(self, tick: int, keys: Sequence[K], tags: Sequence[int]) -> None:
+        """File each of `keys` with the tag at the same index, all at `tick`.
 
-        The same as calling `add` for each, for less: the slot is found
-        once, and each entry after the first costs three field writes. If
-        one of them is already in a wheel (or comes twice), ValueError is
-        raised and the wheel is unchanged. Runtime complexity: O(k) for k
-        entries, plus O(log s) when they occupy an empty slot.
+        The same as calling `add` for each, for less: the slot is found once
+        and each list grows by one ``extend``. Raises ValueError (and files
+        nothing) if the two sequences differ in length. O(k) for k filings.
         """
-        it = iter(entries)
-        first = next(it, None)
-        if first is None:
+        n = len(keys)
+        if len(tags) != n:
+            raise ValueError(f"{n} keys but {len(tags)} tags")
+        if not n:
             return
-        if first._wheel_prev is not None:
-            raise ValueError("entry is already in a wheel")
-        # Chain the others behind a scratch head; the wheel is only touched
-        # once all of them are known to be free.
-        start = _Slot(tick)
-        prev: TimerEntry = start
-        count = 0
-        for entry in it:
-            if entry._wheel_prev is not None or entry is first:
-                node = start._wheel_next
-                while node is not start and node is not None:
-                    after = node._wheel_next
-                    node._wheel_prev = node._wheel_next = None
-                    node = after
-                raise ValueError("entry is already in a wheel")
-            entry._wheel_tick = tick
-            entry._wheel_prev = prev
-            prev._wheel_next = entry
-            prev = entry
-            count += 1
-        self.add(first, tick)
-        if count:
-            # first went in at the tail: splice the chain in behind it.
-            head = first._wheel_next
-            rest = start._wheel_next
-            first._wheel_next = rest
-            rest._wheel_prev = first  # type: ignore[union-attr]
-            prev._wheel_next = head
-            head._wheel_prev = prev  # type: ignore[union-attr]
-            self._count += count
+        now = self._now
+        if tick <= now:
+            slot_key = now
+        else:
+            width = (now ^ tick).bit_length()
+            shift = self._shift_for[width] if width < 129 else self._shift_for[128]
+            slot_key = tick >> shift << shift
+        slot = self._slots.get(slot_key)
+        if slot is None:
+            slot = self._slots[slot_key] = [[], [], []]
+            self._index.add(slot_key)
+        slot[0].extend([tick] * n)
+        slot[1].extend(keys)
+        slot[2].extend(tags)
+        self._count += n
 
-    def remove(self, entry: TimerEntry) -> None:
-        """Take `entry` out of the wheel.
+    def advance(self, now: int) -> tuple[list[K], list[int]]:
+        """Move time to `now`; return the keys and tags of every filing whose tick is <= `now`.
 
-        Raises ValueError if it is in no wheel. Runtime complexity: O(1),
-        plus O(log s) when its slot becomes empty.
-        """
-        prev = entry._wheel_prev
-        if prev is None:
-            raise ValueError("entry is not in a wheel")
-        nxt = entry._wheel_next
-        assert nxt is not None
-        prev._wheel_next = nxt
-        nxt._wheel_prev = prev
-        entry._wheel_prev = entry._wheel_next = None
-        self._count -= 1
-        if prev is nxt and type(prev) is _Slot:
-            # The slot is empty now: forget it so next_tick() stays exact.
-            key = prev._wheel_tick
-            del self._slots[key]
-            self._index.remove(key)
-
-    def advance(self, now: int) -> list[TimerEntry]:
-        """Move time to `now` and return every entry whose tick is <= `now`.
-
-        Expired entries leave the wheel. Slots that come due but hold later
-        deadlines cascade to lower levels. Moving time backwards raises
-        ValueError. The result is in slot order (earliest slot first) and,
-        within a slot, in the order entries were added.
-        Runtime complexity: O(k + c + d log s) for k expired entries,
-        c cascaded entries and d due slots; empty slots cost nothing.
+        Expired filings leave the wheel; slots that come due but hold later
+        ticks cascade to lower levels. Moving time backwards raises
+        ValueError. The result is two lists of the same length, in slot
+        order (earliest slot first) and, within a slot, in filing order.
+        Runtime complexity: O(k + c + d log s) for k expired filings, c
+        cascaded filings and d due slots; empty slots cost nothing.
         """
         if now < self._now:
             raise ValueError(f"time cannot go backwards: {now} < {self._now}")
         self._now = now
         index = self._index
-        expired: list[TimerEntry] = []
+        keys: list[K] = []
+        tags: list[int] = []
         if not index or index[0] > now:
-            return expired
+            return keys, tags
         slots = self._slots
+        add = self.add
+        count = self._count
         while index and index[0] <= now:
-            key = index.pop(0)
-            head = slots.pop(key)
-            node = head._wheel_next
-            assert node is not None
-            while node is not head:
-                assert node is not None
-                nxt = node._wheel_next
-                if node._wheel_tick <= now:
-                    node._wheel_prev = node._wheel_next = None
-                    expired.append(node)
+            slot_key = index.pop(0)
+            ticks, skeys, stags = slots.pop(slot_key)
+            count -= len(ticks)
+            if slot_key == now or max(ticks) <= now:
+                # All of it is due (the common case: a level-0 slot, whose
+                # filings share one tick, or the "past" slot at now).
+                keys.extend(skeys)
+                tags.extend(stags)
+                continue
+            self._count = count
+            for i, tick in enumerate(ticks):
+                if tick <= now:
+                    keys.append(skeys[i])
+                    tags.append(stags[i])
                 else:
-                    # Cascade: same-now filing puts it strictly lower, at a
-                    # key > now, so this loop will not meet it again.
-                    self._file(node, node._wheel_tick)
-                node = nxt
-        self._count -= len(expired)
-        return expired
+                    # Cascade: filing again at the same now puts it strictly
+                    # lower, at a key > now, so this loop will not meet it again.
+                    add(tick, skeys[i], stags[i])
+            count = self._count
+        self._count = count
+        return keys, tags
 
-    def clear(self) -> list[TimerEntry]:
-        """Remove and return every entry. Runtime complexity: O(n)."""
-        out: list[TimerEntry] = []
-        for head in self._slots.values():
-            for node in list(head):
-                node._wheel_prev = node._wheel_next = None
-                out.append(node)
+    def purge(self, keep: Callable[[K, int], bool]) -> int:
+        """Drop every filing for which ``keep(key, tag)`` is false; return how many.
+
+        The clean-up of lazy deletion: O(n) for n filings, meant to run when
+        the stale filings are about as many as the live ones, so its cost is
+        O(1) per stale filing. Order within a slot is kept.
+        """
+        dropped = 0
+        emptied = []
+        for slot_key, slot in self._slots.items():
+            ticks, keys, tags = slot
+            kept = [i for i, key in enumerate(keys) if keep(key, tags[i])]
+            if len(kept) == len(keys):
+                continue
+            dropped += len(keys) - len(kept)
+            if not kept:
+                emptied.append(slot_key)
+                continue
+            slot[0] = [ticks[i] for i in kept]
+            slot[1] = [keys[i] for i in kept]
+            slot[2] = [tags[i] for i in kept]
+        for slot_key in emptied:
+            del self._slots[slot_key]
+            self._index.remove(slot_key)
+        self._count -= dropped
+        return dropped
+
+    def clear(self) -> tuple[list[K], list[int]]:
+        """Remove every filing; return their keys and tags. O(n)."""
+        keys: list[K] = []
+        tags: list[int] = []
+        for _, skeys, stags in self._slots.values():
+            keys.extend(skeys)
+            tags.extend(stags)
         self._slots.clear()
         self._index.clear()
         self._count = 0
-        return out
+        return keys, tags
+
+    def filings(self) -> Iterable[tuple[int, K, int]]:
+        """Every filing as (tick, key, tag), slot by slot. O(n). For tests and purges."""
+        for ticks, keys, tags in list(self._slots.values()):
+            yield from zip(ticks, keys, tags, strict=True)
 
     # -- internals ---------------------------------------------------------
-
-    def _file(self, entry: TimerEntry, tick: int) -> None:
-        """File again an entry that `advance` took out of a due slot (a cascade)."""
-        # Its links are stale (the whole slot was taken out) and it was
-        # counted already: add() links it relative to the new now.
-        entry._wheel_prev = None
-        self._count -= 1
-        self.add(entry, tick)
 
     def _check(self) -> None:
         """Assert every invariant. Runtime complexity: O(n). For tests."""
         assert list(self._index) == sorted(self._slots), "index != slot keys"
         total = 0
         aligns = [(self._levels - 1 - level) * self._bits for level in range(self._levels)]
-        for key, head in self._slots.items():
-            assert type(head) is _Slot
-            assert head._wheel_tick == key
-            assert key >= self._now, f"slot {key} is behind now {self._now}"
-            prev: TimerEntry = head
-            count = 0
-            for node in head:
-                assert node._wheel_prev is prev, "broken back link"
-                tick = node._wheel_tick
-                if key == self._now:
-                    # Only entries added at or before now share now's key.
-                    assert tick <= key, f"entry tick {tick} in the due slot {key}"
+        for slot_key, slot in self._slots.items():
+            assert slot_key >= self._now, f"slot {slot_key} is behind now {self._now}"
+            ticks, keys, tags = slot
+            assert len(ticks) == len(keys) == len(tags), "slot lists differ in length"
+            assert ticks, f"empty slot {slot_key} kept"
+            for tick in ticks:
+                assert isinstance(tick, int)
+                if slot_key == self._now:
+                    # Only filings added at or before now share now's key.
+                    assert tick <= slot_key, f"tick {tick} in the due slot {slot_key}"
                 else:
-                    assert any(tick >> s << s == key for s in aligns), (
-                        f"entry tick {tick} does not belong in slot {key}"
+                    assert any(tick >> s << s == slot_key for s in aligns), (
+                        f"tick {tick} does not belong in slot {slot_key}"
                     )
-                    assert tick >= key, f"entry tick {tick} before its slot {key}"
-                prev = node
-                count += 1
-            assert head._wheel_prev is prev, "broken tail link"
-            assert count > 0, f"empty slot {key} kept"
-            total += count
-        assert total == self._count, f"count {self._count} != {total} entries"
+                    assert tick >= slot_key, f"tick {tick} before its slot {slot_key}"
+            total += len(ticks)
+        assert total == self._count, f"count {self._count} != {total} filings"
