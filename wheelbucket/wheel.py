@@ -130,7 +130,7 @@ class TimingWheel(Generic[K]):
             slot_key = now
         else:
             width = (now ^ tick).bit_length()
-            shift = self._shift_for[width] if width < 129 else self._shift_for[128]
+            shift = self._shift_for[width] if width < 129 else self._far_shift(width)
             slot_key = tick >> shift << shift
         slot = self._slots.get(slot_key)
         if slot is None:
@@ -159,7 +159,7 @@ class TimingWheel(Generic[K]):
             slot_key = now
         else:
             width = (now ^ tick).bit_length()
-            shift = self._shift_for[width] if width < 129 else self._shift_for[128]
+            shift = self._shift_for[width] if width < 129 else self._far_shift(width)
             slot_key = tick >> shift << shift
         slot = self._slots.get(slot_key)
         if slot is None:
@@ -195,9 +195,10 @@ class TimingWheel(Generic[K]):
             slot_key = index.pop(0)
             ticks, skeys, stags = slots.pop(slot_key)
             count -= len(ticks)
-            if slot_key == now or max(ticks) <= now:
+            if max(ticks) <= now:
                 # All of it is due (the common case: a level-0 slot, whose
-                # filings share one tick, or the "past" slot at now).
+                # filings share one tick, or the "past" slot). Not "the key
+                # is now": a higher level's slot may start at now.
                 keys.extend(skeys)
                 tags.extend(stags)
                 continue
@@ -222,23 +223,23 @@ class TimingWheel(Generic[K]):
         O(1) per stale filing. Order within a slot is kept.
         """
         dropped = 0
-        emptied = []
-        for slot_key, slot in self._slots.items():
+        # Slot by slot, the wheel consistent after each: a `keep` that
+        # raises leaves it whole (with what was purged so far gone).
+        for slot_key, slot in list(self._slots.items()):
             ticks, keys, tags = slot
             kept = [i for i, key in enumerate(keys) if keep(key, tags[i])]
             if len(kept) == len(keys):
                 continue
-            dropped += len(keys) - len(kept)
-            if not kept:
-                emptied.append(slot_key)
-                continue
-            slot[0] = [ticks[i] for i in kept]
-            slot[1] = [keys[i] for i in kept]
-            slot[2] = [tags[i] for i in kept]
-        for slot_key in emptied:
-            del self._slots[slot_key]
-            self._index.remove(slot_key)
-        self._count -= dropped
+            gone = len(keys) - len(kept)
+            if kept:
+                slot[0] = [ticks[i] for i in kept]
+                slot[1] = [keys[i] for i in kept]
+                slot[2] = [tags[i] for i in kept]
+            else:
+                del self._slots[slot_key]
+                self._index.remove(slot_key)
+            self._count -= gone
+            dropped += gone
         return dropped
 
     def clear(self) -> tuple[list[K], list[int]]:
@@ -259,6 +260,11 @@ class TimingWheel(Generic[K]):
             yield from zip(ticks, keys, tags, strict=True)
 
     # -- internals ---------------------------------------------------------
+
+    def _far_shift(self, width: int) -> int:
+        """_shift_for[width] for a tick more than 2**128 ticks from now."""
+        bits = self._bits
+        return min((width - 1) // bits * bits, (self._levels - 1) * bits)
 
     def _check(self) -> None:
         """Assert every invariant. Runtime complexity: O(n). For tests."""
