@@ -497,16 +497,25 @@ class HeapPoolPeer(Peer):
 # -- wheelbucket ----------------------------------------------------------------------
 
 
-def _call_data(ctx: object, task_id: str, callback: Callback) -> None:
-    """wheelbucket's on_execute for every timer: the callback rides as the task's data."""
-    callback(task_id)
+class _CallbackExecutor:
+    """wheelbucket's executor for one callback: ``on_execute`` calls it with the key."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callback) -> None:
+        self.callback = callback
+
+    def __call__(self, ctx: object, task_id: str, data: object) -> None:
+        self.callback(task_id)
 
 
 class WheelbucketPeer(Peer):
-    """wheelbucket: ``fill(TIME_BOMB, key, callback, run_after=delay)`` / ``drain(key)``.
+    """wheelbucket: ``fill(TIME_BOMB, key, executor=..., run_after=delay)`` / ``drain(key)``.
 
-    A real executor (a plain callable, so `on_execute` only) on a real pool of
-    4 workers; the callback is the task's data. ``max_bucket`` is sized to N.
+    A real executor on a real pool of 4 workers: the callback, made an
+    executor once (a callable ``f(ctx, task_id, data)`` that calls it with
+    the key), as a program passes the executor of each kind of work to
+    `fill`; the data is None. ``max_bucket`` is sized to N.
 
     ``sync()`` adds nothing to the core: it fills a marker TIME_BOMB with
     ``run_after=0`` and waits for it to execute. The scheduler thread applies
@@ -523,16 +532,18 @@ class WheelbucketPeer(Peer):
         from wheelbucket import TaskBucket, TaskNotFound, TaskType
 
         self._not_found = TaskNotFound
-        self.bucket = TaskBucket(
-            max_bucket=self.capacity + 64, workers=POOL_WORKERS, executor=_call_data
-        )
+        self.bucket = TaskBucket(max_bucket=self.capacity + 64, workers=POOL_WORKERS)
+        self._executors: dict[Callback, _CallbackExecutor] = {}
         self._fill = self.bucket.fill
         self._drain = self.bucket.drain
         self._time_bomb = TaskType.TIME_BOMB
         self._markers = 0
 
     def schedule(self, key: str, delay: float, callback: Callback) -> None:
-        self._fill(self._time_bomb, key, callback, run_after=delay, life_span=delay + 30.0)
+        executor = self._executors.get(callback)
+        if executor is None:
+            executor = self._executors[callback] = _CallbackExecutor(callback)
+        self._fill(self._time_bomb, key, None, executor, run_after=delay, life_span=delay + 30.0)
 
     def cancel(self, key: str) -> None:
         # try/except, not contextlib.suppress: a context manager per call would
@@ -548,7 +559,8 @@ class WheelbucketPeer(Peer):
         self._fill(
             self._time_bomb,
             f"__bench_marker_{self._markers}",
-            lambda _key: done.set(),
+            None,
+            lambda _ctx, _key, _data: done.set(),
             run_after=0,
             life_span=60.0,
         )

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from ._args import MAX_DURATION, close_timeout, duration_ns, positive_int, task_id_arg
@@ -151,6 +152,7 @@ class TaskBucket:
         # Plans of per-fill executors, by id(executor), held weakly: a plan lives
         # as long as a task uses it, and so does its executor, no longer.
         self._plans: weakref.WeakValueDictionary[int, HookPlan] = weakref.WeakValueDictionary()
+        self._last_plan: weakref.ref[HookPlan] | Callable[[], None] = _no_plan
         self._verbose = verbose
         self._log_level = logging.INFO if verbose else logging.DEBUG
         self._clock_ns = clock.monotonic_ns
@@ -174,6 +176,9 @@ class TaskBucket:
         core.life.default_plan = self._default_plan
         live_cores.add(core)
         self._life_drain = core.life.drain
+        self._admit = core.life.admit
+        self._book = core.life.book
+        self._submit_timer = core.sched.submit_timer
         self._drained = core.calls.drained
         # Forgetting close() must neither leak threads nor hang the exit.
         self._finalizer = weakref.finalize(self, _close_forgotten, core)
@@ -224,7 +229,13 @@ class TaskBucket:
             if self._default_plan is None:
                 raise ValueError("no executor: pass executor= to fill() or to TaskBucket()")
         else:
-            plan = self._plan_for(executor)
+            # The last per-fill executor's plan, held weakly (a plan lives as
+            # long as a task uses it): programs fill many tasks in a row with
+            # the executor of one kind of work.
+            plan = self._last_plan()
+            if plan is None or plan.executor is not executor:
+                plan = self._plan_for(executor)
+                self._last_plan = weakref.ref(plan)
             if plan is self._default_plan:
                 plan = None
         now = self._clock_ns()
@@ -258,6 +269,9 @@ class TaskBucket:
                     # The caller's own run_after object: no allocation here.
                     fill = (delay, span) if run_after is None else run_after
                     if life > 0:
+                        last = self._last_durations
+                        if life == last[3]:
+                            life = last[3]  # "due in d, live d + c more": one int for all
                         self._last_durations = (run_after, life_span, delay, life, fill)
             if life <= 0:
                 raise ValueError(
@@ -286,7 +300,7 @@ class TaskBucket:
             # Its record (task.py); a TIME_BOMB's generation starts at its
             # token's low byte, so that a filing left from an earlier task of
             # the same id is stale at once.
-            core.life.admit(
+            rec: Any = self._admit(
                 task_id, (token, due, life, token & 255, plan, data, fill), self._max_bucket
             )
         else:
@@ -301,8 +315,8 @@ class TaskBucket:
                 token & 255,
                 fill,
             )
-            core.life.admit(task_id, task, self._max_bucket)
-        handle = TaskHandle(core.life.book, task_id, token)
+            self._admit(task_id, task, self._max_bucket)
+        handle = TaskHandle(self._book, task_id, token)
         # Logged before the hand-off, so "filled" never follows "executing".
         level = self._log_level
         if logger.isEnabledFor(level):
@@ -314,7 +328,7 @@ class TaskBucket:
         # a wait on a lock or a task, at most one thread switch.
         if task_type is _TIME_BOMB:
             # The wheel files it at its due time.
-            if core.sched.submit_timer(task_id, due, now - STARVED_NS):
+            if self._submit_timer(task_id, rec, due, now - STARVED_NS):
                 _sleep(0)
         else:
             core.submit(task, due + life)
@@ -531,6 +545,10 @@ class TaskBucket:
             # The plan holds the executor, so its id cannot be reused while cached.
             self._plans[key] = plan
         return plan
+
+
+def _no_plan() -> None:
+    return None
 
 
 def _close_forgotten(core: Core) -> None:

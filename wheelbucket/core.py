@@ -22,7 +22,7 @@ from .lifecycle import Ending, Lifecycle
 from .pool import Worker, WorkerPool
 from .scheduler import INBOX_BATCH, Scheduler
 from .stats import BucketStats
-from .task import DRAINED, R_PLAN, RESCUED, Record, Task
+from .task import DRAINED, RESCUED, Record, Task
 from .wheel import TimingWheel
 
 __all__ = ["Core", "live_cores"]
@@ -103,7 +103,7 @@ class Core:
         else:
             self.pool.submit(task)
             self.sched.watch()
-        self.sched.submit(task.id, wake_for)  # for its life-span timer
+        self.sched.submit(task.id, task, wake_for)  # for its life-span timer
 
     def _dispatch(self, ready: list[Task]) -> None:
         """Fired tasks go to the pool, or to the loop for an async on_execute (scheduler thread)."""
@@ -225,7 +225,7 @@ class Core:
             life.close_allow = sum(
                 1
                 for task in life.tasks.values()
-                if (on_loop and _runs_async(task, life.default_plan))
+                if (on_loop and _runs_async(task, life))
                 or (
                     type(task) is Task
                     and task._ctx is not None
@@ -256,9 +256,7 @@ class Core:
                 return
             if app_loop is not None and (app_loop.is_closed() or not app_loop.is_running()):
                 with life.lock:
-                    stranded = sum(
-                        1 for task in life.tasks.values() if _runs_async(task, life.default_plan)
-                    )
+                    stranded = sum(1 for task in life.tasks.values() if _runs_async(task, life))
                     life.close_allow = mine + stranded
                     if len(life.tasks) <= life.close_allow:
                         return
@@ -357,7 +355,7 @@ class Core:
         return self.sched.wake
 
     @property
-    def inbox(self) -> deque[str]:
+    def inbox(self) -> deque[tuple[str, Record | Task]]:
         return self.sched.inbox
 
     @property
@@ -394,13 +392,12 @@ def _unwired(*args: Any) -> None:  # pragma: no cover - replaced before any use
     raise AssertionError("core part used before it was wired")
 
 
-def _runs_async(task: Record | Task, default_plan: Any = None) -> bool:
+def _runs_async(task: Record | Task, life: Lifecycle | None = None) -> bool:
     """`task` has an async on_execute. Read without the lock: a task that ended
     since it was queued has no plan any more, and the run path drops it."""
     if isinstance(task, tuple):
-        plan = task[R_PLAN]
-        if plan is None:
-            plan = default_plan
+        assert life is not None
+        plan = life.plan_of(task)
     else:
         plan = task._plan
     return plan is not None and bool(plan.is_async)

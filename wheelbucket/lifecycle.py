@@ -132,6 +132,14 @@ class Lifecycle:
         self.tasks: dict[str, Record | Task] = {}
         # The executor of records whose plan is None (set by the bucket).
         self.default_plan: Any = None
+        # Other executors, by slot: a record holds its plan's slot, an int,
+        # so that it holds no object the collector would visit (task.py).
+        # Invariant: plan_uses[s] is the number of records with slot s, and
+        #   a slot with no use is free (plans[s] None, in _free_slots).
+        self.plans: list[Any] = []
+        self.plan_uses: list[int] = []
+        self._plan_slots: dict[int, int] = {}  # id(plan) -> slot
+        self._free_slots: list[int] = []
         # Where handles find their tasks, and their endings once over.
         self.book = Book(self.tasks, self.lock)
         # Invariant: closed only goes from False to True, under `lock`.
@@ -160,9 +168,10 @@ class Lifecycle:
 
     # -- entering -----------------------------------------------------------
 
-    def admit(self, task_id: str, rec: Record | Task, max_bucket: int) -> None:
+    def admit(self, task_id: str, rec: Record | Task, max_bucket: int) -> Record | Task:
         """Put a freshly made record (or IMMEDIATE Task) in the map, or refuse it.
 
+        Returns what went in the map (a record's plan becomes its slot).
         Raises BucketClosed, TaskExists or BucketFull, and changes nothing
         then. Runtime complexity: O(1).
         """
@@ -182,19 +191,53 @@ class Lifecycle:
                     f"bucket is full (max_bucket={max_bucket} live tasks): "
                     f"cannot fill {safe_repr(task_id)}"
                 )
+            if isinstance(rec, tuple) and rec[R_PLAN] is not None:
+                rec = (*rec[:R_PLAN], self._intern(rec[R_PLAN]), *rec[R_PLAN + 1 :])
             tasks[task_id] = rec
             self.filled += 1
         finally:
             lock.release()
+        return rec
+
+    def _intern(self, plan: Any) -> int:
+        """One more record uses `plan`: its slot. Under `lock`."""
+        slot = self._plan_slots.get(id(plan))
+        if slot is None:
+            if self._free_slots:
+                slot = self._free_slots.pop()
+                self.plans[slot] = plan
+            else:
+                slot = len(self.plans)
+                self.plans.append(plan)
+                self.plan_uses.append(0)
+            self._plan_slots[id(plan)] = slot
+        self.plan_uses[slot] += 1
+        return slot
+
+    def _unintern(self, slot: int) -> Any:
+        """A record of plan slot `slot` is gone: its plan (slot freed if unused). Under `lock`."""
+        plan = self.plans[slot]
+        uses = self.plan_uses[slot] - 1
+        self.plan_uses[slot] = uses
+        if not uses:
+            self.plans[slot] = None
+            del self._plan_slots[id(plan)]
+            self._free_slots.append(slot)
+        return plan
+
+    def plan_of(self, rec: Record) -> Any:
+        """The HookPlan of record `rec` (read without the lock: for a quick look)."""
+        slot = rec[R_PLAN]
+        return self.default_plan if slot is None else self.plans[slot]
 
     def _task_of(self, task_id: str, rec: Record, state: int) -> Task:
         """Make the Task of waiting record `rec`, in its place in the map. Under `lock`."""
-        plan = rec[R_PLAN]
+        slot = rec[R_PLAN]
         task = Task(
             task_id,
             rec[R_TOKEN],
             rec[R_DATA],
-            self.default_plan if plan is None else plan,
+            self.default_plan if slot is None else self._unintern(slot),
             state,
             rec[R_DUE],
             rec[R_LIFE],
@@ -329,6 +372,8 @@ class Lifecycle:
                 if _getrefcount(rec[R_TOKEN]) > REFS_UNHELD:
                     self.book.post(rec[R_TOKEN], DRAINED, None)
                 del self.tasks[task_id]
+                if rec[R_PLAN] is not None:
+                    self._unintern(rec[R_PLAN])
                 self.drained += 1
                 if self.closed:
                     self._ended()
@@ -468,7 +513,7 @@ class Lifecycle:
                 if earlier:
                     gen = (gen + 1) & 255  # the filing out there goes stale
                 if task is not None:
-                    plan = None if task._plan is self.default_plan else task._plan
+                    plan = None if task._plan is self.default_plan else self._intern(task._plan)
                     data = task._data
                     task._state = MOVED
                 self.tasks[task_id] = (
@@ -539,6 +584,13 @@ class Lifecycle:
                     running += 1
                     assert task._ctx is not None, task
             assert running == self.running, (running, self.running)
+            uses = [0] * len(self.plans)
+            for rec in tasks.values():
+                if isinstance(rec, tuple) and rec[R_PLAN] is not None:
+                    uses[rec[R_PLAN]] += 1
+            assert uses == self.plan_uses, (uses, self.plan_uses)
+            for slot, plan in enumerate(self.plans):
+                assert (plan is None) == (slot in self._free_slots), slot
             ended = self.finished + self.failed + self.exhausted + self.drained + self.rescued
             assert self.filled == ended + len(tasks), (self.filled, ended, len(tasks))
             if self.closed and len(tasks) <= self.close_allow:

@@ -82,8 +82,10 @@ class Scheduler:
             bits=wheel_bits, levels=wheel_levels, now=clock.monotonic_ns() // tick_ns
         )
         # deque.append and popleft are atomic across threads (documented):
-        # callers append task ids, the scheduler thread pops them.
-        self.inbox: deque[str] = deque()
+        # callers append (task id, record or Task), the scheduler thread pops
+        # them: the record itself, so that filing it costs no lookup in the
+        # (big, and so cold in the CPU's caches) id map.
+        self.inbox: deque[tuple[str, Record | Task]] = deque()
         # Ids of tasks whose timer reset() moved earlier: filed after the
         # inbox, once per batch however often they moved.
         self.moves: deque[str] = deque()
@@ -110,20 +112,20 @@ class Scheduler:
 
     # -- any thread ---------------------------------------------------------
 
-    def submit(self, task_id: str, due: int) -> None:
-        """Have the thread file `task_id`, whose next deadline is `due` (ns). Never blocks."""
+    def submit(self, task_id: str, task: Task, due: int) -> None:
+        """Have the thread file `task`, whose next deadline is `due` (ns). Never blocks."""
         inbox = self.inbox
-        inbox.append(task_id)
+        inbox.append((task_id, task))
         if due < self.wake_at or not len(inbox) % INBOX_BATCH:
             self.wake.set()
 
-    def submit_timer(self, task_id: str, due: int, since: int) -> bool:
-        """`submit` a new TIME_BOMB task, then `late(since)`: the whole hand-off of a fill.
+    def submit_timer(self, task_id: str, rec: Record, due: int, since: int) -> bool:
+        """`submit` a new TIME_BOMB record, then `late(since)`: the whole hand-off of a fill.
 
         One call, since this runs once per fill. Never blocks.
         """
         inbox = self.inbox
-        inbox.append(task_id)
+        inbox.append((task_id, rec))
         wake_at = self.wake_at
         if due < wake_at or not len(inbox) % INBOX_BATCH:
             self.wake.set()
@@ -179,6 +181,7 @@ class Scheduler:
         tasks = self.life.tasks
         tick_ns = self.tick_ns
         wake = self.wake
+        wheel_add = wheel.add
         wheel_add_many = wheel.add_many
         rec: Record | Task | None = None
         # This 'while' loop right here is the scheduler.
@@ -186,35 +189,37 @@ class Scheduler:
             self.wake_at = AWAKE
             wake.clear()
             # File what callers submitted; a bounded batch, so producers
-            # cannot keep the loop from firing timers. Each id is looked up
-            # now and filed as the task is now (a task drained meanwhile is
-            # not filed at all). A filling thread makes hundreds of tasks due
-            # in the same tick: a run of them goes in with one add_many (the
-            # slot found once, one shared tick int).
+            # cannot keep the loop from firing timers. A record is filed as
+            # submitted: if it changed or ended since, its filing is stale,
+            # and dropped when it comes out (reset files a timer moved
+            # earlier anew, through `moves`). A filling thread makes hundreds
+            # of tasks due in the same tick: a run of them goes in with one
+            # add_many (the slot found once, one shared tick int).
             run_keys: list[str] = []
             run_gens: list[int] = []
             last_tick = -1
             for _ in range(len(inbox)):
-                task_id = inbox.popleft()
-                rec = tasks.get(task_id)
-                if rec is None:
-                    continue
+                task_id, rec = inbox.popleft()
                 if isinstance(rec, tuple):
-                    tick = -(-rec[R_DUE] // tick_ns)
-                    gen = rec[R_GEN]
-                else:
                     # Ceiling division: a deadline between two ticks belongs
                     # to the later one, so nothing ever fires early.
+                    tick = -(-rec[1] // tick_ns)  # R_DUE (literals: the hot loop)
+                    gen = rec[3]  # R_GEN
+                else:
+                    if rec._state >= ENDED:
+                        continue
                     tick = -(-(rec._due + rec._life) // tick_ns)
                     gen = rec._gen
-                if tick != last_tick:
-                    if run_keys:
-                        wheel_add_many(last_tick, run_keys, run_gens)
-                        run_keys = []
-                        run_gens = []
-                    last_tick = tick
-                run_keys.append(task_id)
-                run_gens.append(gen)
+                if tick == last_tick:
+                    run_keys.append(task_id)
+                    run_gens.append(gen)
+                    continue
+                if run_keys:
+                    wheel_add_many(last_tick, run_keys, run_gens)
+                    run_keys = []
+                    run_gens = []
+                last_tick = tick
+                wheel_add(tick, task_id, gen)
             if run_keys:
                 wheel_add_many(last_tick, run_keys, run_gens)
             rec = None  # sleep holding no record (it holds the caller's data)
