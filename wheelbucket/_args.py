@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from ._log import safe_repr
 
@@ -79,3 +81,34 @@ def task_id_arg(task_id: object) -> str:
     if not task_id:
         raise ValueError("task_id must be a non-empty str")
     return task_id
+
+
+#: The keyword arguments a `fill_many` item may give as a mapping.
+FILL_KEYS = frozenset({"task_type", "task_id", "data", "executor", "run_after", "life_span"})
+
+
+def fill_item(item: object, extra: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """One `fill_many` item as `fill`'s keyword arguments.
+
+    An item is a tuple ``(task_type, task_id[, data[, executor]])`` or a
+    mapping of `fill`'s argument names (plus `extra` ones). Raises TypeError
+    for anything else, naming what is wrong.
+    """
+    if isinstance(item, tuple):
+        if not 2 <= len(item) <= 4:
+            raise TypeError(
+                f"a fill_many item is (task_type, task_id[, data[, executor]]), "
+                f"got a tuple of {len(item)}"
+            )
+        return dict(zip(("task_type", "task_id", "data", "executor"), item, strict=False))
+    if isinstance(item, Mapping):
+        unknown = set(item) - FILL_KEYS - extra
+        if unknown:
+            raise TypeError(
+                f"a fill_many item has unknown keys: {', '.join(sorted(map(str, unknown)))}"
+            )
+        missing = {"task_type", "task_id"} - set(item)
+        if missing:
+            raise TypeError(f"a fill_many item needs {' and '.join(sorted(missing))}")
+        return dict(item)
+    raise TypeError(f"a fill_many item is a tuple or a mapping, got {type(item).__name__}")

@@ -12,18 +12,24 @@ import contextlib
 import datetime
 import logging
 import math
-import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._args import MAX_DURATION, close_timeout, duration_ns, positive_int, task_id_arg
+from ._args import (
+    MAX_DURATION,
+    close_timeout,
+    duration_ns,
+    fill_item,
+    positive_int,
+    task_id_arg,
+)
 from ._log import logger, safe_repr
 from .clock import Clock, MonotonicClock
-from .core import Core, live_cores
-from .errors import TaskNotFound
+from .core import Core, close_forgotten, live_cores
+from .errors import BucketClosed, BucketFull, TaskNotFound
 from .executor import HookPlan
 from .stats import BucketStats
 from .task import IMMEDIATE_FILL, QUEUED, Task, TaskHandle, TaskType, new_token
@@ -181,7 +187,7 @@ class TaskBucket:
         self._submit_timer = core.sched.submit_timer
         self._drained = core.calls.drained
         # Forgetting close() must neither leak threads nor hang the exit.
-        self._finalizer = weakref.finalize(self, _close_forgotten, core)
+        self._finalizer = weakref.finalize(self, close_forgotten, core)
         # Not at interpreter exit, though: the threads are daemons, and the
         # program's own atexit handler may still want to rescue() the tasks.
         self._finalizer.atexit = False
@@ -335,6 +341,32 @@ class TaskBucket:
             if core.sched.late(now - STARVED_NS):
                 _sleep(0)
         return handle
+
+    def fill_many(self, items: Iterable[object]) -> list[TaskHandle | BaseException | None]:
+        """`fill` each item in order; an outcome per item, and never a partial refusal.
+
+        An item is a tuple ``(task_type, task_id[, data[, executor]])`` or a
+        mapping of `fill`'s argument names. Per item: its `TaskHandle`; None
+        when the bucket was full (``BucketFull``: the caller may retry it or
+        send it elsewhere); or the exception `fill` raised for it alone
+        (TaskExists, TypeError, ValueError), with nothing filled for it.
+
+        Raises:
+            BucketClosed: close() has begun, before or during the batch (the
+                items before it were filled).
+        """
+        fill = self.fill
+        out: list[TaskHandle | BaseException | None] = []
+        for item in items:
+            try:
+                out.append(fill(**fill_item(item)))
+            except BucketFull:  # noqa: PERF203 - an outcome per item, on purpose
+                out.append(None)
+            except BucketClosed:
+                raise
+            except Exception as exc:  # that item's refusal: the others go on
+                out.append(exc)
+        return out
 
     def drain(self, task_id: str) -> None:
         """Cancel a live task: it never runs (again) and no hook runs for it.
@@ -549,27 +581,3 @@ class TaskBucket:
 
 def _no_plan() -> None:
     return None
-
-
-def _close_forgotten(core: Core) -> None:
-    """The bucket was garbage-collected without close(): stop its threads."""
-    live = len(core.life.tasks)
-    if live:
-        logger.warning(
-            "%s was garbage-collected with %d live tasks and no close(); they were drained",
-            core.name,
-            live,
-        )
-    core.close(wait=False, timeout=None, rescue=False, join_timeout=0.1)
-    live_cores.discard(core)
-
-
-def _after_fork_in_child() -> None:
-    """A forked child inherits the buckets' state but none of their threads: close them."""
-    for core in list(live_cores):
-        core.after_fork_in_child()
-    live_cores.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

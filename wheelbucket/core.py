@@ -10,12 +10,14 @@ owns no task state itself: that is `lifecycle.Lifecycle`'s.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import weakref
 from collections import deque
 from typing import Any
 
 from ._aio import AsyncRunner, LoopRunner
+from ._log import logger
 from .calls import Calls
 from .clock import Clock
 from .lifecycle import Ending, Lifecycle
@@ -405,3 +407,27 @@ def _runs_async(task: Record | Task, life: Lifecycle | None = None) -> bool:
 
 #: Every core not closed yet, for the fork handler.
 live_cores: weakref.WeakSet[Core] = weakref.WeakSet()
+
+
+def close_forgotten(core: Core) -> None:
+    """A bucket was garbage-collected without close(): stop its threads."""
+    live = len(core.life.tasks)
+    if live:
+        logger.warning(
+            "%s was garbage-collected with %d live tasks and no close(); they were drained",
+            core.name,
+            live,
+        )
+    core.close(wait=False, timeout=None, rescue=False, join_timeout=0.1)
+    live_cores.discard(core)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits the buckets' state but none of their threads: close them."""
+    for core in list(live_cores):
+        core.after_fork_in_child()
+    live_cores.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
