@@ -37,12 +37,16 @@ lie further out), so there is no overflow list and no horizon.
 Slots live in a dict keyed by slot key, and a ``SortedList`` indexes the keys
 of the occupied slots, so the next thing to do is ``index[0]``: the caller
 sleeps straight to it and never ticks through empty slots. A slot is three
-parallel lists (ticks, keys, tags): appending costs three list appends, and
-a slot's filings come out in the order they went in.
+parallel sequences: the keys in a list, the ticks and the tags in arrays of
+64-bit ints (a list instead, for a slot that meets one past 64 bits). An
+array holds plain machine ints: no int object per filing, and nothing in it
+for the collector to visit. Appending costs three appends, and a slot's
+filings come out in the order they went in.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -80,7 +84,8 @@ class TimingWheel(Generic[K]):
         # equal to _now holds only filings already due (added "in the past").
         self._now = now
         # Invariant: _slots holds exactly the non-empty slots, by key, each
-        #   as [ticks, keys, tags]: three lists of the same length.
+        #   as [ticks, keys, tags]: three sequences of the same length (see
+        #   the module docstring).
         self._slots: dict[int, list[Any]] = {}
         # Invariant: the keys of _index are exactly the keys of _slots.
         self._index: SortedList = SortedList()
@@ -134,12 +139,18 @@ class TimingWheel(Generic[K]):
             slot_key = tick >> shift << shift
         slot = self._slots.get(slot_key)
         if slot is None:
-            self._slots[slot_key] = [[tick], [key], [tag]]
+            self._slots[slot_key] = [_ints((tick,)), [key], _ints((tag,))]
             self._index.add(slot_key)
         else:
-            slot[0].append(tick)
+            try:
+                slot[0].append(tick)
+            except (OverflowError, TypeError):  # past 64 bits: a list from now on
+                slot[0] = [*slot[0], tick]
             slot[1].append(key)
-            slot[2].append(tag)
+            try:
+                slot[2].append(tag)
+            except (OverflowError, TypeError):
+                slot[2] = [*slot[2], tag]
         self._count += 1
 
     def add_many(self, tick: int, keys: Sequence[K], tags: Sequence[int]) -> None:
@@ -161,13 +172,16 @@ class TimingWheel(Generic[K]):
             width = (now ^ tick).bit_length()
             shift = self._shift_for[width] if width < 129 else self._far_shift(width)
             slot_key = tick >> shift << shift
+        new_ticks = _ints((tick,)) * n
+        new_tags = _ints(tags)
         slot = self._slots.get(slot_key)
         if slot is None:
-            slot = self._slots[slot_key] = [[], [], []]
+            self._slots[slot_key] = [new_ticks, list(keys), new_tags]
             self._index.add(slot_key)
-        slot[0].extend([tick] * n)
-        slot[1].extend(keys)
-        slot[2].extend(tags)
+        else:
+            _extend(slot, 0, new_ticks)
+            slot[1].extend(keys)
+            _extend(slot, 2, new_tags)
         self._count += n
 
     def advance(self, now: int) -> tuple[list[K], list[int]]:
@@ -232,9 +246,9 @@ class TimingWheel(Generic[K]):
                 continue
             gone = len(keys) - len(kept)
             if kept:
-                slot[0] = [ticks[i] for i in kept]
+                slot[0] = _ints([ticks[i] for i in kept])
                 slot[1] = [keys[i] for i in kept]
-                slot[2] = [tags[i] for i in kept]
+                slot[2] = _ints([tags[i] for i in kept])
             else:
                 del self._slots[slot_key]
                 self._index.remove(slot_key)
@@ -288,3 +302,20 @@ class TimingWheel(Generic[K]):
                     assert tick >= slot_key, f"tick {tick} before its slot {slot_key}"
             total += len(ticks)
         assert total == self._count, f"count {self._count} != {total} filings"
+
+
+def _ints(values: Sequence[int]) -> Any:
+    """`values` as an array of 64-bit ints, or a list if one does not fit."""
+    try:
+        return array("q", values)
+    except (OverflowError, TypeError):
+        return list(values)
+
+
+def _extend(slot: list[Any], i: int, values: Any) -> None:
+    """Extend sequence `i` of `slot` with `values` (see _ints), all or nothing."""
+    seq = slot[i]
+    if type(seq) is array and type(values) is not array:
+        slot[i] = [*seq, *values]
+    else:
+        seq.extend(values)
