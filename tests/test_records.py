@@ -256,3 +256,42 @@ def test_a_record_becomes_a_task_when_it_fires_and_a_reset_makes_it_a_record_aga
         assert "x" not in b
     finally:
         b.close(wait=False)
+
+
+def test_a_handle_that_waited_takes_its_post_when_dropped_without_a_collection(
+    clock: FakeClock,
+) -> None:
+    b = TaskBucket(executor=_answer, clock=clock)
+    try:
+        mailbox = b._core.life.book.mailbox
+        handle = b.fill(TIME_BOMB, "x", run_after=1, life_span=5)
+        handle.add_done_callback(lambda h: None)
+        clock.advance(1.5)
+        settle(b)
+        assert handle.done()
+        assert len(mailbox) == 1
+        gc.disable()
+        try:
+            del handle  # no cycle with its waiters: freed, and its post with it
+            left = len(mailbox)
+        finally:
+            gc.enable()
+        assert left == 0
+    finally:
+        b.close(wait=False)
+
+
+def test_a_purge_goes_in_steps_and_leaves_only_live_filings() -> None:
+    from wheelbucket.wheel import TimingWheel
+
+    wheel: TimingWheel[str] = TimingWheel(bits=2, levels=4)
+    for i in range(1000):
+        wheel.add(5 + i % 200, f"k{i}", i % 3)
+    dropped = wheel.purge(lambda key, tag: tag == 0, limit=50)
+    assert wheel.purging  # 1000 filings: not in one step of 50
+    while wheel.purging:
+        dropped += wheel.purge(lambda key, tag: tag == 0, limit=50)
+    wheel._check()
+    assert dropped == 1000 - 334
+    assert len(wheel) == 334
+    assert all(tag == 0 for _, _, tag in wheel.filings())

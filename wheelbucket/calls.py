@@ -106,6 +106,9 @@ class Calls:
     def _release(self, waiters: Any) -> None:
         waiters.runner = self.callback
         handle = waiters.handle
+        # The handle holds its waiters: let go of the handle, so that the
+        # pair is no cycle and the last handle's __del__ runs when it goes.
+        waiters.handle = None
         for fn in waiters.release():
             self.callback(fn, handle)
 

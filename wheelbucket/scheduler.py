@@ -51,8 +51,11 @@ STALL_NS = 2_000_000
 # storm never holds the lock long enough to stall a caller of fill.
 FIRE_CHUNK = 512
 # Purge stale filings when the wheel holds this many more than twice the
-# live tasks: a purge is O(filings), paid for by at least as many stale ones.
+# live tasks (a live task has about one filing, so then more than half are
+# stale), in steps of about PURGE_STEP filings per turn of the loop, so that
+# a purge of millions never holds up a timer for long.
 PURGE_SLACK = 1024
+PURGE_STEP = 16384
 
 
 class Scheduler:
@@ -235,9 +238,10 @@ class Scheduler:
                 self._fire(keys, gens, now)
             keys = []  # sleep holding nothing
             gens = []
-            if len(wheel) > 2 * len(tasks) + PURGE_SLACK:
-                self.purges += 1
-                wheel.purge(self.life.current)
+            if wheel.purging or len(wheel) > 2 * len(tasks) + PURGE_SLACK:
+                if not wheel.purging:
+                    self.purges += 1
+                wheel.purge(self.life.current, PURGE_STEP)
             if self.stopping:
                 break
             nxt = wheel.next_tick()
@@ -248,7 +252,7 @@ class Scheduler:
             self.wake_at = NEVER if deadline is None else deadline
             # Look again after publishing wake_at: a submission that came
             # before it saw AWAKE and did not wake us.
-            if inbox or moves or (deadline is not None and deadline <= now):
+            if inbox or moves or wheel.purging or (deadline is not None and deadline <= now):
                 continue
             self.asleep = True
             clock.wait(wake, deadline, stall_timeout)

@@ -105,7 +105,8 @@ _ENDING_ERROR: dict[int, type[Exception]] = {
 #   gen: the generation of its timers, 0-255: the wheel files (id, gen),
 #     and a filing whose gen is not the record's is stale (reset moved the
 #     timer earlier and filed it again);
-#   plan: None for the bucket's own executor, else the HookPlan;
+#   plan: None for the bucket's own executor, else the slot of its HookPlan
+#     in the lifecycle's table of plans (an int: see Lifecycle.plans);
 #   data: the caller's data;
 #   fill: what reset() falls back to (see Task._fill).
 Record = tuple[Any, ...]

@@ -71,7 +71,16 @@ class TimingWheel(Generic[K]):
     which is what the property tests use.
     """
 
-    __slots__ = ("_bits", "_count", "_index", "_levels", "_now", "_shift_for", "_slots")
+    __slots__ = (
+        "_bits",
+        "_count",
+        "_index",
+        "_levels",
+        "_now",
+        "_purge_left",
+        "_shift_for",
+        "_slots",
+    )
 
     def __init__(self, *, bits: int = 6, levels: int = 6, now: int = 0) -> None:
         if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
@@ -91,6 +100,8 @@ class TimingWheel(Generic[K]):
         self._index: SortedList = SortedList()
         # Invariant: _count is the number of filings in all slots.
         self._count = 0
+        # The slot keys a purge in steps has not looked at yet.
+        self._purge_left: list[int] = []
         # _shift_for[n] is the low-bit count to clear from a tick whose
         # highest bit differing from "now" is bit n - 1: a table lookup
         # instead of a division and a min() on every add.
@@ -229,18 +240,32 @@ class TimingWheel(Generic[K]):
         self._count = count
         return keys, tags
 
-    def purge(self, keep: Callable[[K, int], bool]) -> int:
+    def purge(self, keep: Callable[[K, int], bool], limit: int | None = None) -> int:
         """Drop every filing for which ``keep(key, tag)`` is false; return how many.
 
         The clean-up of lazy deletion: O(n) for n filings, meant to run when
         the stale filings are about as many as the live ones, so its cost is
-        O(1) per stale filing. Order within a slot is kept.
+        O(1) per stale filing. Order within a slot is kept. With `limit`, a
+        purge goes in steps: each call looks at whole slots until about
+        `limit` filings, and the next call goes on where it stopped (see
+        `purging`), so that no single call stalls the caller for long.
+        Filings added meanwhile may be left for the next purge.
         """
+        if not self._purge_left:
+            self._purge_left = list(self._slots)
+        left = self._purge_left
+        slots = self._slots
         dropped = 0
+        looked = 0
         # Slot by slot, the wheel consistent after each: a `keep` that
         # raises leaves it whole (with what was purged so far gone).
-        for slot_key, slot in list(self._slots.items()):
+        while left and (limit is None or looked < limit):
+            slot_key = left.pop()
+            slot = slots.get(slot_key)
+            if slot is None:
+                continue
             ticks, keys, tags = slot
+            looked += len(keys)
             kept = [i for i, key in enumerate(keys) if keep(key, tags[i])]
             if len(kept) == len(keys):
                 continue
@@ -250,11 +275,16 @@ class TimingWheel(Generic[K]):
                 slot[1] = [keys[i] for i in kept]
                 slot[2] = _ints([tags[i] for i in kept])
             else:
-                del self._slots[slot_key]
+                del slots[slot_key]
                 self._index.remove(slot_key)
             self._count -= gone
             dropped += gone
         return dropped
+
+    @property
+    def purging(self) -> bool:
+        """A purge in steps is under way (see `purge`)."""
+        return bool(self._purge_left)
 
     def clear(self) -> tuple[list[K], list[int]]:
         """Remove every filing; return their keys and tags. O(n)."""
@@ -266,6 +296,7 @@ class TimingWheel(Generic[K]):
         self._slots.clear()
         self._index.clear()
         self._count = 0
+        self._purge_left = []
         return keys, tags
 
     def filings(self) -> Iterable[tuple[int, K, int]]:
