@@ -183,6 +183,7 @@ class TaskBucket:
         live_cores.add(core)
         self._life_drain = core.life.drain
         self._admit = core.life.admit
+        self._slot_of = core.life.slot_of
         self._book = core.life.book
         self._submit_timer = core.sched.submit_timer
         self._drained = core.calls.drained
@@ -306,9 +307,18 @@ class TaskBucket:
             # Its record (task.py); a TIME_BOMB's generation starts at its
             # token's low byte, so that a filing left from an earlier task of
             # the same id is stale at once.
-            rec: Any = self._admit(
-                task_id, (token, due, life, token & 255, plan, data, fill), self._max_bucket
-            )
+            if plan is None:
+                rec: Any = self._admit(
+                    task_id, (token, due, life, token & 255, None, data, fill), self._max_bucket
+                )
+            else:
+                slot = self._slot_of(plan)
+                rec = self._admit(
+                    task_id,
+                    (token, due, life, token & 255, slot, data, fill),
+                    self._max_bucket,
+                    plan,
+                )
         else:
             task = Task(
                 task_id,

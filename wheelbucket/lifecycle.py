@@ -168,12 +168,16 @@ class Lifecycle:
 
     # -- entering -----------------------------------------------------------
 
-    def admit(self, task_id: str, rec: Record | Task, max_bucket: int) -> Record | Task:
+    def admit(
+        self, task_id: str, rec: Record | Task, max_bucket: int, plan: Any = None
+    ) -> Record | Task:
         """Put a freshly made record (or IMMEDIATE Task) in the map, or refuse it.
 
-        Returns what went in the map (a record's plan becomes its slot).
-        Raises BucketClosed, TaskExists or BucketFull, and changes nothing
-        then. Runtime complexity: O(1).
+        A record of a per-fill executor comes with its `plan`, and with the
+        slot the caller read for it without the lock (-1 if none): checked
+        here, and the record made anew only if the slot has changed hands.
+        Returns what went in the map. Raises BucketClosed, TaskExists or
+        BucketFull, and changes nothing then. Runtime complexity: O(1).
         """
         lock = self.lock
         if not lock.acquire(False):
@@ -191,13 +195,21 @@ class Lifecycle:
                     f"bucket is full (max_bucket={max_bucket} live tasks): "
                     f"cannot fill {safe_repr(task_id)}"
                 )
-            if isinstance(rec, tuple) and rec[R_PLAN] is not None:
-                rec = (*rec[:R_PLAN], self._intern(rec[R_PLAN]), *rec[R_PLAN + 1 :])
+            if plan is not None:
+                slot = rec[R_PLAN]  # type: ignore[index]
+                if slot >= 0 and self.plans[slot] is plan:
+                    self.plan_uses[slot] += 1
+                else:
+                    rec = (*rec[:R_PLAN], self._intern(plan), *rec[R_PLAN + 1 :])  # type: ignore[index]
             tasks[task_id] = rec
             self.filled += 1
         finally:
             lock.release()
         return rec
+
+    def slot_of(self, plan: Any) -> int:
+        """The slot of `plan` in the table, or -1: read without the lock (see admit)."""
+        return self._plan_slots.get(id(plan), -1)
 
     def _intern(self, plan: Any) -> int:
         """One more record uses `plan`: its slot. Under `lock`."""
