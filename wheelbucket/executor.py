@@ -143,3 +143,56 @@ def _is_async(fn: Hook) -> bool:
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ counts
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+class PlanTable:
+    """Plans of per-fill executors by slot, counted: what a record names its executor by.
+
+    Invariant: uses[s] is the number of records that hold slot s, and a slot
+    with no use is free (plans[s] None, in the free list). Changed under the
+    lifecycle's lock; `slot_of` may be read without it (admit checks it).
+    """
+
+    __slots__ = ("_free", "_slots", "plans", "uses")
+
+    def __init__(self) -> None:
+        self.plans: list[HookPlan | None] = []
+        self.uses: list[int] = []
+        self._slots: dict[int, int] = {}  # id(plan) -> slot
+        self._free: list[int] = []
+
+    def slot_of(self, plan: HookPlan) -> int:
+        """The slot of `plan`, or -1."""
+        return self._slots.get(id(plan), -1)
+
+    def intern(self, plan: HookPlan) -> int:
+        """One more record uses `plan`: its slot."""
+        slot = self._slots.get(id(plan))
+        if slot is None:
+            if self._free:
+                slot = self._free.pop()
+                self.plans[slot] = plan
+            else:
+                slot = len(self.plans)
+                self.plans.append(plan)
+                self.uses.append(0)
+            self._slots[id(plan)] = slot
+        self.uses[slot] += 1
+        return slot
+
+    def unintern(self, slot: int) -> HookPlan | None:
+        """A record of `slot` is gone: its plan (the slot freed if now unused)."""
+        plan = self.plans[slot]
+        uses = self.uses[slot] - 1
+        self.uses[slot] = uses
+        if not uses:
+            self.plans[slot] = None
+            del self._slots[id(plan)]
+            self._free.append(slot)
+        return plan
+
+    def check(self) -> None:
+        """Assert that free slots and unused ones agree. For tests."""
+        for slot, plan in enumerate(self.plans):
+            assert (plan is None) == (slot in self._free), slot
+            assert (plan is None) == (self.uses[slot] == 0), slot

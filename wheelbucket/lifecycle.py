@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 from ._args import duration_ns
 from ._log import safe_repr
 from .errors import BucketClosed, BucketFull, TaskExists
+from .executor import PlanTable
 from .stats import LatenessHistogram
 from .task import (
     DRAINED,
@@ -132,14 +133,14 @@ class Lifecycle:
         self.tasks: dict[str, Record | Task] = {}
         # The executor of records whose plan is None (set by the bucket).
         self.default_plan: Any = None
-        # Other executors, by slot: a record holds its plan's slot, an int,
-        # so that it holds no object the collector would visit (task.py).
-        # Invariant: plan_uses[s] is the number of records with slot s, and
-        #   a slot with no use is free (plans[s] None, in _free_slots).
-        self.plans: list[Any] = []
-        self.plan_uses: list[int] = []
-        self._plan_slots: dict[int, int] = {}  # id(plan) -> slot
-        self._free_slots: list[int] = []
+        # Other executors' plans, by slot: a record holds its plan's slot,
+        # an int, so that it holds no object the collector would visit.
+        self.plan_table = table = PlanTable()
+        self.plans = table.plans
+        self.plan_uses = table.uses
+        self.slot_of = table.slot_of
+        self._intern = table.intern
+        self._unintern = table.unintern
         # Where handles find their tasks, and their endings once over.
         self.book = Book(self.tasks, self.lock)
         # Invariant: closed only goes from False to True, under `lock`.
@@ -206,36 +207,6 @@ class Lifecycle:
         finally:
             lock.release()
         return rec
-
-    def slot_of(self, plan: Any) -> int:
-        """The slot of `plan` in the table, or -1: read without the lock (see admit)."""
-        return self._plan_slots.get(id(plan), -1)
-
-    def _intern(self, plan: Any) -> int:
-        """One more record uses `plan`: its slot. Under `lock`."""
-        slot = self._plan_slots.get(id(plan))
-        if slot is None:
-            if self._free_slots:
-                slot = self._free_slots.pop()
-                self.plans[slot] = plan
-            else:
-                slot = len(self.plans)
-                self.plans.append(plan)
-                self.plan_uses.append(0)
-            self._plan_slots[id(plan)] = slot
-        self.plan_uses[slot] += 1
-        return slot
-
-    def _unintern(self, slot: int) -> Any:
-        """A record of plan slot `slot` is gone: its plan (slot freed if unused). Under `lock`."""
-        plan = self.plans[slot]
-        uses = self.plan_uses[slot] - 1
-        self.plan_uses[slot] = uses
-        if not uses:
-            self.plans[slot] = None
-            del self._plan_slots[id(plan)]
-            self._free_slots.append(slot)
-        return plan
 
     def plan_of(self, rec: Record) -> Any:
         """The HookPlan of record `rec` (read without the lock: for a quick look)."""
@@ -376,14 +347,15 @@ class Lifecycle:
         if not lock.acquire(False):
             take(lock)
         try:
-            rec = self.tasks.get(task_id)
+            # One probe of the (big, cold) map. The post comes after it, still
+            # under the lock, which a handle that finds neither waits for.
+            rec = self.tasks.pop(task_id, None)
             if rec is None:
                 return None
             if isinstance(rec, tuple):
                 # The common case, end_locked() inlined (it runs once per drain).
                 if _getrefcount(rec[R_TOKEN]) > REFS_UNHELD:
                     self.book.post(rec[R_TOKEN], DRAINED, None)
-                del self.tasks[task_id]
                 if rec[R_PLAN] is not None:
                     self._unintern(rec[R_PLAN])
                 self.drained += 1
@@ -395,7 +367,6 @@ class Lifecycle:
                 return self.end_locked(rec, DRAINED)
             if _getrefcount(rec._token) > REFS_UNHELD:
                 self.book.post(rec._token, DRAINED, None)
-            del self.tasks[task_id]
             rec._state = DRAINED
             self.drained += 1
             rec._plan = rec._data = rec._fill = None
@@ -601,8 +572,7 @@ class Lifecycle:
                 if isinstance(rec, tuple) and rec[R_PLAN] is not None:
                     uses[rec[R_PLAN]] += 1
             assert uses == self.plan_uses, (uses, self.plan_uses)
-            for slot, plan in enumerate(self.plans):
-                assert (plan is None) == (slot in self._free_slots), slot
+            self.plan_table.check()
             ended = self.finished + self.failed + self.exhausted + self.drained + self.rescued
             assert self.filled == ended + len(tasks), (self.filled, ended, len(tasks))
             if self.closed and len(tasks) <= self.close_allow:

@@ -325,6 +325,17 @@ class Book:
 
     def state_of(self, task_id: str, token: int) -> int:
         """The state of the task with `token`, HOOK_PENDING included."""
+        state = self._state_of(task_id, token)
+        if state < 0:
+            # Between an ending's two steps (out of the map, posted), which
+            # happen under the lock: wait for it, and look again.
+            with self.lock:
+                state = self._state_of(task_id, token)
+            if state < 0:
+                raise RuntimeError(f"wheelbucket: task {task_id!r} ended without a post (a bug)")
+        return state
+
+    def _state_of(self, task_id: str, token: int) -> int:
         rec = self.tasks.get(task_id)
         if rec is not None:
             if isinstance(rec, tuple):
@@ -335,7 +346,7 @@ class Book:
         post = self.mailbox.get(token)
         if post is not None:
             return post[0]
-        raise RuntimeError(f"wheelbucket: task {task_id!r} ended without a post (a bug)")
+        return -1
 
     def outcome_of(self, token: int) -> tuple[int, Any]:
         """(state, outcome) of the ended task with `token`."""
