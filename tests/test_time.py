@@ -288,8 +288,8 @@ def test_alternating_durations_each_keep_their_own_schedule(fake_clock: FakeCloc
             assert started[f"t{i}"] - start == round(run_after * 1e9)
         # Tasks filled one after another with the same pair share one int.
         run_after, life_span = pairs[0]
-        a = bucket.fill(TaskType.TIME_BOMB, "a", run_after=run_after, life_span=life_span)
-        b = bucket.fill(TaskType.TIME_BOMB, "b", run_after=run_after, life_span=life_span)
+        bucket.fill(TaskType.TIME_BOMB, "a", run_after=run_after, life_span=life_span)
+        bucket.fill(TaskType.TIME_BOMB, "b", run_after=run_after, life_span=life_span)
         # The records' life offsets (index 2, see wheelbucket.task.Record).
         assert bucket._core.tasks["a"][2] is bucket._core.tasks["b"][2]  # type: ignore[index]
         bucket.drain("a")
