@@ -122,6 +122,8 @@ def server_time(r: Any) -> float:
 def shared_run(url: str, r: Any, n: int, procs: int, *, prefill: bool) -> dict[str, float]:
     group = f"bench-{uuid.uuid4().hex[:8]}"
     producer = SharedBucket(group, url, producer_only=True, heartbeat=0.5)
+    if prefill:  # no worker yet: say the default executor is run, as the workers will
+        producer._store.register_executors([""])
     workers = None if prefill else Workers(url, group, procs)
     try:
         t0 = server_time(r)

@@ -159,6 +159,11 @@ def redis_now_us(r: Any) -> int:
     return int(sec) * 1_000_000 + int(usec)
 
 
+def runs_elsewhere(producer: SharedBucket) -> None:
+    """As if another live process ran the default executor (see test_redis.runs_elsewhere)."""
+    producer._store.register_executors([""])
+
+
 def queue_score(r: Any, group: str, task_id: str, ex: str = "") -> float | None:
     score = r.zscore(f"wb:{{{group}}}:q:{ex}", task_id)
     return None if score is None else float(score)
@@ -176,7 +181,7 @@ def test_a_held_time_bomb_moved_later_runs_at_its_new_time_and_not_before(
     handle = shared.fill(TIME_BOMB, "later", run_after=0.3, life_span=30)
     assert handle is not None
     before = time.monotonic()
-    assert shared.reset("later", run_after=1.2) is handle  # the same handle, no Redis call
+    assert shared.reset("later", run_after=1.2) == handle  # the same handle, no Redis call
     wait_for(lambda: "later" in rec.starts, what="the moved task to start")
     assert rec.starts["later"] >= before + 1.2  # never before its new time (one clock)
     assert rec.starts["later"] < before + 1.2 + 3.0  # generous: a busy machine
@@ -195,7 +200,7 @@ def test_a_held_time_bomb_moved_earlier_runs_at_its_new_time(
     handle = shared.fill(TIME_BOMB, "sooner", run_after=60, life_span=90)
     assert handle is not None
     before = time.monotonic()
-    assert shared.reset("sooner", run_after=datetime.timedelta(seconds=0.3)) is handle
+    assert shared.reset("sooner", run_after=datetime.timedelta(seconds=0.3)) == handle
     assert handle.wait(15) is TaskState.FINISHED  # not after 60 s
     assert rec.starts["sooner"] >= before + 0.3
     assert rec.starts["sooner"] < before + 0.3 + 5.0
@@ -216,7 +221,7 @@ def test_a_running_task_whose_deadline_moved_is_not_exhausted_at_the_old_one(
     with pytest.raises(ValueError, match="run_after"):
         shared.reset("run", run_after=1, life_span=10)  # running: refused, nothing moves
     assert ctx.deadline == old_deadline
-    assert shared.reset("run", life_span=30) is handle
+    assert shared.reset("run", life_span=30) == handle
     assert ctx.deadline > old_deadline + 20
     # Past the old deadline, with room to spare: still running, no ending.
     wait_for(lambda: time.monotonic() > filled + 3.0 + 0.8, timeout=30, what="the old deadline")
@@ -231,6 +236,7 @@ def test_a_claimed_task_gets_the_life_span_it_was_filled_with(
     make: Callable[..., SharedBucket], r: Any, group: str
 ) -> None:
     p = make(producer_only=True)
+    runs_elsewhere(p)
     assert p.fill(IMMEDIATE, "c", {"block": True}, life_span=60) is None
     # As if it had waited 55 s in Redis: claimed, it has 5 s left.
     r.hset(f"wb:{{{group}}}:t:c", "dl", str(redis_now_us(r) + 5_000_000))
@@ -240,7 +246,7 @@ def test_a_claimed_task_gets_the_life_span_it_was_filled_with(
     ctx = rec.ctxs["c"]
     assert ctx.remaining() <= 5.0
     handle = w.reset("c")  # the default is the 60 s it was filled with, not the 5 s left
-    assert handle is w.get("c")
+    assert handle == w.get("c")
     assert ctx.remaining() > 30
     rec.release.set()
     assert handle is not None
@@ -262,7 +268,7 @@ def test_a_time_bomb_claimed_late_and_queued_for_a_worker_goes_back_to_waiting(
     assert handle is not None
     assert handle.state is TaskState.PENDING  # due, queued behind the blocker
     before = time.monotonic()
-    assert w.reset("late", run_after=0.5) is handle  # a pending TIME_BOMB: allowed
+    assert w.reset("late", run_after=0.5) == handle  # a pending TIME_BOMB: allowed
     rec.release.set()
     assert handle.wait(15) is TaskState.FINISHED
     assert rec.starts["late"] >= before + 0.5
@@ -276,6 +282,7 @@ def test_a_queued_time_bomb_is_moved_in_redis(
 ) -> None:
     p = make(producer_only=True)
     other = make(producer_only=True)
+    runs_elsewhere(p)
     assert p.fill(TIME_BOMB, "q", run_after=30, life_span=60) is None
     before = redis_now_us(r)
     assert other.reset("q", run_after=100, life_span=200) is None
@@ -315,6 +322,7 @@ def test_a_queued_immediate_task_only_gets_a_new_deadline(
     make: Callable[..., SharedBucket], r: Any, group: str
 ) -> None:
     p = make(producer_only=True)
+    runs_elsewhere(p)
     assert p.fill(IMMEDIATE, "i", life_span=10) is None
     was = record(r, group, "i")
     with pytest.raises(ValueError, match="run_after applies only to a TIME_BOMB"):
@@ -332,6 +340,7 @@ def test_a_queued_time_bomb_refuses_a_life_span_not_longer_than_its_run_after(
     make: Callable[..., SharedBucket], r: Any, group: str
 ) -> None:
     p = make(producer_only=True)
+    runs_elsewhere(p)
     assert p.fill(TIME_BOMB, "q", run_after=20, life_span=60) is None
     was = record(r, group, "q")
     with pytest.raises(
@@ -419,13 +428,14 @@ def test_a_task_held_by_another_process_raises_task_out_of_reach(
     assert holder.stats().local.reset == 0
     with pytest.raises(TaskExists):
         other.fill(IMMEDIATE, "h")  # it is live: hence not TaskNotFound
-    assert holder.reset("h", run_after=40, life_span=50) is handle  # its holder can
+    assert holder.reset("h", run_after=40, life_span=50) == handle  # its holder can
 
 
 def test_a_doomed_or_expired_queued_task_raises_task_out_of_reach(
     make: Callable[..., SharedBucket], r: Any, group: str
 ) -> None:
     p = make(producer_only=True)
+    runs_elsewhere(p)
     assert p.fill(IMMEDIATE, "expired", life_span=30) is None
     assert p.fill(IMMEDIATE, "doomed", life_span=30) is None
     # As if its life span had run out while it waited, and as if it had been
@@ -477,7 +487,7 @@ def test_redis_down_a_held_task_is_still_reset_a_remote_one_raises(
     assert handle is not None
     server.stop()
     try:
-        assert shared.reset("h", run_after=40, life_span=50) is handle  # no Redis call
+        assert shared.reset("h", run_after=40, life_span=50) == handle  # no Redis call
         with pytest.raises(RedisUnavailable, match="cannot reset"):
             shared.reset("elsewhere")
     finally:

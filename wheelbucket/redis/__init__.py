@@ -31,7 +31,14 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
         "wheelbucket.redis needs the redis client: pip install 'wheelbucket[redis]'"
     ) from exc
 
-from .errors import RedisUnavailable, TaskOutOfReach
+from .errors import (
+    RedisFailure,
+    RedisServerError,
+    RedisUnavailable,
+    TaskOutOfReach,
+    UnknownExecutor,
+)
+from .rollback import RollbackReport
 from .serializer import JSONSerializer, Serializer
 from .shared import SharedBucket
 from .stats import GroupInfo, SharedStats
@@ -39,9 +46,13 @@ from .stats import GroupInfo, SharedStats
 __all__ = [
     "GroupInfo",
     "JSONSerializer",
+    "RedisFailure",
+    "RedisServerError",
     "RedisUnavailable",
+    "RollbackReport",
     "Serializer",
     "SharedBucket",
     "SharedStats",
     "TaskOutOfReach",
+    "UnknownExecutor",
 ]

@@ -10,6 +10,7 @@ come from the pump, which knows the state of the connection.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -33,8 +34,9 @@ class SharedExecutor:
             without running.
         end: ``end(rec, ending)`` takes the task out of the group; True if
             this process still held it (then the user's hook runs).
-        may_start: ``may_start(rec)``: False if the task was taken from this
-            process before it started.
+        may_start: ``may_start(rec, ctx)``: records the start in Redis; False
+            if the task was taken from this process or cancelled meanwhile (it
+            may block, and runs on a thread for an async ``on_execute``).
     """
 
     def __init__(
@@ -43,7 +45,7 @@ class SharedExecutor:
         *,
         doomed: bool,
         end: Callable[[Record, str], bool],
-        may_start: Callable[[Record], bool],
+        may_start: Callable[[Record, TaskContext], bool],
     ) -> None:
         self.user = plan.executor
 
@@ -61,7 +63,7 @@ class SharedExecutor:
             async def on_execute_async(ctx: TaskContext, task_id: str, rec: Record) -> Any:
                 if rec.error is not None:
                     raise rec.error
-                if not may_start(rec):
+                if not await asyncio.to_thread(may_start, rec, ctx):
                     return None
                 return await user_execute(ctx, task_id, rec.data)
 
@@ -72,7 +74,7 @@ class SharedExecutor:
             def on_execute(ctx: TaskContext, task_id: str, rec: Record) -> Any:
                 if rec.error is not None:
                     raise rec.error
-                if user_sync is None or not may_start(rec):
+                if user_sync is None or not may_start(rec, ctx):
                     return None
                 return user_sync(ctx, task_id, rec.data)
 

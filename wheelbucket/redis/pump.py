@@ -22,12 +22,16 @@ from collections.abc import Mapping
 from .._log import safe_repr
 from ..bucket import TaskBucket
 from ..executor import HookPlan
-from ..task import TaskType
-from .errors import UNREACHABLE
+from ..task import TaskContext, TaskType
+from .errors import REDIS_FAILED, UNREACHABLE
+from .handback import HandbackStore, StartBook, hand_back, started_executors
 from .hooks import SharedExecutor
 from .records import Holdings, Record
+from .releasing import ReleaseBatcher
+from .rollback import Rollback
 from .serializer import Serializer, decode
 from .store import Claimed, GroupStore, Released, StoredTask
+from .streak import FailureStreak
 
 __all__ = ["Pump"]
 
@@ -75,8 +79,11 @@ class Pump:
         dead_after: float,
         claim_batch: int,
         claiming: bool,
+        rollback: Rollback | None = None,
     ) -> None:
         self._store = store
+        # Remembers recent endings, and reconciles when Redis lost writes.
+        self._rollback = rollback
         self._holdings = holdings
         self._bucket = bucket
         self._max_bucket = bucket.max_bucket
@@ -87,6 +94,19 @@ class Pump:
         self._dead_after = dead_after
         self._claim_batch = claim_batch
         self._claiming = claiming
+        # Starts are recorded before they happen; close hands back the rest (handback.py).
+        self._handback = HandbackStore(store)
+        self._starts = StartBook(self._handback, holdings.revoke, self.note_error, heartbeat)
+        # Endings that come together share a round trip (releasing.py).
+        self._releases = ReleaseBatcher(store.release, store.release_many)
+        # Local slots that fills in flight will take: a claim leaves them free.
+        self._reserved = 0
+        self._reserve_lock = threading.Lock()
+        # Per executor name: that of tasks that had started on a member that died.
+        self._started_executors = started_executors(
+            plans,
+            lambda plan: SharedExecutor(plan, doomed=True, end=self.end, may_start=self.may_start),
+        )
         # Per executor name: the executor of normal tasks, and of doomed ones.
         self._executors = {
             name: (
@@ -108,6 +128,8 @@ class Pump:
         self._next_claim = 0.0
         # Until then (monotonic), the group cannot have presumed us dead.
         self._lease_until = 0.0
+        # The current streak of failed rounds, logged once (pump thread only).
+        self._streak = FailureStreak(self._group, heartbeat)
         self._thread = threading.Thread(
             target=self._run, name=f"wheelbucket-shared-{self._group}", daemon=True
         )
@@ -115,8 +137,14 @@ class Pump:
     # -- for the SharedBucket -----------------------------------------------------
 
     def first_beat(self) -> None:
-        """Join the group: one heartbeat, before the thread starts (raises UNREACHABLE)."""
+        """Join the group: one heartbeat, before the thread starts (raises REDIS_FAILED)."""
         self._beat(reap=False)
+        self._register()
+
+    def _register(self) -> None:
+        """Tell the group the executor names this member runs (a producer runs none)."""
+        if self._claiming and self._names:
+            self._store.register_executors(self._names)
 
     def start(self) -> None:
         self._thread.start()
@@ -131,8 +159,14 @@ class Pump:
         return self._online
 
     def note_error(self, exc: BaseException) -> None:
-        """Redis could not be reached: count it, go offline, let the pump retry."""
+        """A Redis call failed: count it; if Redis could not be reached, go offline.
+
+        An error reply (`RedisServerError`: OOM, READONLY...) comes from a
+        Redis that is there: it is counted, and the pump's loop backs off.
+        """
         self._holdings.count_redis_error()
+        if not isinstance(exc, UNREACHABLE):
+            return
         if self._online:
             self._online = False
             self._connected_since = _INF
@@ -147,7 +181,7 @@ class Pump:
         """Take `rec` out of the group without an ending (its fill failed here)."""
         try:
             self._store.release(rec.id, rec.token)
-        except UNREACHABLE as exc:
+        except REDIS_FAILED as exc:
             self.note_error(exc)
             self._maybe_orphans = True
 
@@ -155,7 +189,7 @@ class Pump:
         """Queue `rec`, recorded as ours, for the group: it did not fit here after all."""
         try:
             self._store.requeue(rec.id, rec.token)
-        except UNREACHABLE as exc:
+        except REDIS_FAILED as exc:
             self.note_error(exc)
             self._maybe_orphans = True  # the pump requeues it when Redis is back
 
@@ -193,42 +227,28 @@ class Pump:
         if rec.revoked:
             self._forget(rec)
             return False
+        if self._rollback is not None:
+            self._rollback.ended(rec.id, rec.token)  # before its release can be lost
+        if rec.mark and ending == "exhausted":
+            self._holdings.count_marked(rec.mark)
+            ending = "exhausted:" + rec.mark  # counted and marked in Redis (release.lua)
         if self._online:
             try:
-                status = self._store.release(rec.id, rec.token, ending)
-            except UNREACHABLE as exc:
+                status = self._releases.release(rec.id, rec.token, ending)
+            except REDIS_FAILED as exc:
                 self.note_error(exc)
             else:
                 return self._released(rec, status)
-        # Redis is down: run the hook now, tell Redis when it is back (the pump
-        # retries), and do not make every ending wait for a socket timeout.
+        # Redis is down (or refused the release): run the hook now, tell Redis
+        # later (the pump retries, backing off), and do not make every ending
+        # wait for a socket timeout.
         rec.ending = ending
         self._holdings.defer_release(rec)
         return True
 
-    def may_start(self, rec: Record) -> bool:
-        """May `rec`'s on_execute start? False if it was taken from this process.
-
-        Cheap while our heartbeats are fresh. After a pause (or while Redis
-        is unreachable) the group may have presumed us dead and taken the
-        task before we heard of it: then ask Redis (one round trip). If Redis
-        cannot answer, the task starts: availability wins, see docs/shared.md.
-        """
-        if rec.revoked:
-            return False
-        if time.monotonic() < self._lease_until or not self._online:
-            return True  # fresh; or Redis is down, we cannot know: availability wins
-        try:
-            holder = self._store.holder(rec.id)
-        except UNREACHABLE:
-            return True
-        if holder.nonce is not None and holder.nonce != self._nonce:
-            return True  # Redis lost the group; the pump records our tasks again
-        if holder.token == rec.token and holder.owner == self._member:
-            return True
-        self._holdings.revoke(rec)
-        logger.debug("task %s was taken from this process before it started", safe_repr(rec.id))
-        return False
+    def may_start(self, rec: Record, ctx: TaskContext) -> bool:
+        """May `rec`'s on_execute start? Its start is recorded in Redis first (`StartBook`)."""
+        return self._starts.may_start(rec, ctx)
 
     def _released(self, rec: Record, status: Released) -> bool:
         if status is Released.TAKEN or (status is Released.UNKNOWN and rec.revoked):
@@ -255,6 +275,8 @@ class Pump:
         """Heartbeats, claims, revocations and recovery, until stop()."""
         next_beat = time.monotonic() + self._heartbeat
         next_scan = time.monotonic() + _SCAN_PERIODS * self._dead_after
+        # After any failure nothing is tried again before retry_at, but a
+        # heartbeat that is due: the backoff never makes this process look dead.
         retry_at = 0.0
         backoff = _FIRST_BACKOFF
         # This 'while' loop right here is the group layer of this process.
@@ -267,7 +289,7 @@ class Pump:
             if self._stopping:
                 break
             now = time.monotonic()
-            if not self._online and now < retry_at:
+            if now < retry_at and not (self._online and now >= next_beat):
                 continue
             try:
                 if not self._online or now >= next_beat:
@@ -279,20 +301,23 @@ class Pump:
                     self._scan_orphans()
                     next_scan = time.monotonic() + _SCAN_PERIODS * self._dead_after
                 self._round()
-                backoff = _FIRST_BACKOFF
-            except UNREACHABLE as exc:
-                self.note_error(exc)
+            except Exception as exc:  # Redis down, an error reply, or a bug: back off
+                if isinstance(exc, REDIS_FAILED):
+                    self.note_error(exc)
+                self._streak.failed(exc)
                 retry_at = time.monotonic() + backoff
                 backoff = min(backoff * 2, self._heartbeat)
-            except Exception:  # a bug: say so, and keep the group alive
-                logger.exception("group %r: the shared-bucket pump failed", self._group)
-                self._next_claim = time.monotonic() + self._heartbeat
-                next_beat = min(next_beat, self._next_claim)
+                next_beat = max(next_beat, retry_at)
+                self._next_claim = max(self._next_claim, retry_at)
+            else:
+                backoff = _FIRST_BACKOFF
+                if self._streak.failures:
+                    self._streak.recovered()
         # Last releases before the sweep in close().
         try:
             if self._holdings.has_unreleased:
                 self._flush_releases()
-        except UNREACHABLE:
+        except REDIS_FAILED:
             pass
 
     def _beat(self, *, reap: bool) -> None:
@@ -308,7 +333,14 @@ class Pump:
             self._nonce = beat.nonce
         elif beat.nonce != self._nonce:
             self._nonce = beat.nonce
+            self._store.epoch.rebase(beat.epoch)  # lost with the rest
             self._on_reset()
+        elif beat.epoch < beat.least and self._rollback is not None:
+            # Redis forgot calls it had answered us: see rollback.py.
+            self._rollback.recover(self._holdings, beat)
+            self._maybe_orphans = True
+            if not beat.was_member:  # it joined after the state Redis went back to
+                self._register()
         elif not beat.was_member:
             logger.error(
                 "group %r: this process was presumed dead (no heartbeat for %g s); "
@@ -316,18 +348,22 @@ class Pump:
                 self._group,
                 self._dead_after,
             )
+            # The group forgot our executor names with us.
+            self._register()
             # Apply the revocations before the lease lets tasks start unchecked.
             self._round()
         self._lease_until = sent + _LEASE * self._dead_after
         if reap and time.monotonic() - self._connected_since >= self._dead_after:
             reaped = self._store.reap(round(self._dead_after * 1e6))
             if reaped.requeued or reaped.gone:
-                self._holdings.count_reaped(reaped.requeued)
+                self._holdings.count_reaped(reaped.requeued, reaped.unstarted)
                 logger.warning(
-                    "group %r: %d tasks of dead members %s will end EXHAUSTED",
+                    "group %r: tasks of dead members %s: %d had never started and run "
+                    "elsewhere, %d had started and end EXHAUSTED",
                     self._group,
-                    reaped.requeued,
                     reaped.gone or "(still being reaped)",
+                    reaped.unstarted,
+                    reaped.requeued - reaped.unstarted,
                 )
 
     def _on_reset(self) -> None:
@@ -339,12 +375,15 @@ class Pump:
             self._group,
             len(recs),
         )
+        self._register()
         self._store.restore_many(
             [
                 StoredTask(r.id, r.token, r.typ, r.due, r.dl, r.ex, r.payload, r.ra, r.ls)
                 for r in recs
             ]
         )
+        # Those that may have started must not run again should we die.
+        self._starts.record_again(recs)
         # A task that ended meanwhile found no record to release: take out the
         # one just restored for it, or it would look orphaned and run again.
         for rec in self._holdings.not_held(recs):
@@ -373,16 +412,31 @@ class Pump:
             )
 
     def room(self) -> int:
-        """How many tasks the next claim may take."""
-        if not self._claiming:
+        """How many tasks the next claim may take (not the slots fills in flight reserved)."""
+        if not self._claiming or (self._rollback is not None and self._rollback.settling()):
             return 0
-        return max(0, min(self._max_bucket - len(self._bucket), self._claim_batch))
+        free = self._max_bucket - len(self._bucket) - self._reserved
+        return max(0, min(free, self._claim_batch))
+
+    def reserve(self, n: int) -> None:
+        """Fills are placing `n` tasks here: claims leave them the room (see `unreserve`)."""
+        with self._reserve_lock:
+            self._reserved += n
+
+    def unreserve(self, n: int) -> None:
+        with self._reserve_lock:
+            self._reserved -= n
+        if self._backlog:  # due tasks wait for room: a slot left unused is room
+            self._wake.set()
 
     def _round(self) -> None:
         """Claim what fits, apply revocations, and decide when to look again."""
         room = self.room()
         lookahead_us = round(self._heartbeat * 1e6)
         claim = self._store.claim(room, lookahead_us, self._names)
+        if claim.behind:  # Redis lost writes: the heartbeat reconciles, then claim again
+            self._beat(reap=False)
+            self._next_claim = 0.0
         if claim.revocations:
             self._holdings.revoke_all(claim.revocations)
             # Only now, so that a release racing with this finds either the
@@ -432,6 +486,10 @@ class Pump:
             due_us, dl_us = int(rec.due), int(rec.dl)
             normal, doomed_executor = self._executors[rec.ex]
             if task.doomed or dl_us <= now_us:
+                # Doomed in Redis: it had started on a member that died (reap.lua).
+                rec.mark = "started" if task.doomed else "queued"
+                if task.doomed:
+                    doomed_executor = self._started_executors[rec.ex]
                 placed = self._holdings.place_claimed(
                     rec,
                     doomed_executor,
@@ -477,11 +535,21 @@ class Pump:
         if not recs:
             return
         deadline = time.monotonic() + self._heartbeat + 2.0
+        while (error := self._hand_back(recs)) is not None:
+            if time.monotonic() >= deadline:
+                # Never released as drained: left to the reapers, which hand them back.
+                recs[:] = [r for r in recs if r.ending or r.started]
+                break
+            time.sleep(0.1)
+        for rec in recs:
+            if not rec.ending:
+                rec.ending = "drained"  # it may have started here: at most once
         while (error := self._release_all(recs)) is not None:
             if time.monotonic() >= deadline:
                 logger.error(
                     "group %r: %d tasks could not be taken out of the group (%s); "
-                    "the other processes will end them EXHAUSTED after %g s",
+                    "after %g s the other processes run those that never started "
+                    "and end the others EXHAUSTED",
                     self._group,
                     len(recs),
                     error,
@@ -492,10 +560,21 @@ class Pump:
         for rec in recs:
             self._forget(rec)
 
+    def _hand_back(self, recs: list[Record]) -> BaseException | None:
+        """Give back those of `recs` that never started here (handback.py); the error if any."""
+        try:
+            handed = hand_back(self._handback, recs, self._forget)
+        except REDIS_FAILED as exc:
+            return exc
+        if handed:
+            self._holdings.count_handed_back(handed)
+            logger.info("group %r: %d unstarted tasks handed back", self._group, handed)
+        return None
+
     def _release_all(self, recs: list[Record]) -> BaseException | None:
         """Release `recs` with their recorded endings; the error if Redis is unreachable."""
         try:
             self._store.release_many([(r.id, r.token, r.ending) for r in recs])
-        except UNREACHABLE as exc:
+        except REDIS_FAILED as exc:
             return exc
         return None

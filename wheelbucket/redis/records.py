@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -41,9 +42,12 @@ class Record:
         "handle",
         "id",
         "ls",
+        "mark",
+        "moved",
         "payload",
         "ra",
         "revoked",
+        "started",
         "token",
         "typ",
     )
@@ -89,6 +93,16 @@ class Record:
         self.ending = ""
         # Why the data could not be decoded, if it could not.
         self.error: BaseException | None = None
+        # Its start was (being) recorded in Redis: it may have started here.
+        self.started = False
+        # Why a claimed task ends EXHAUSTED at once ('' if it does not):
+        # 'started' (it had started on a member that died) or 'queued' (its
+        # life span ran out while it waited in the group's queue).
+        self.mark = ""
+        # Set by a reset here: (monotonic time of the reset, its run-after or
+        # None if the due time did not move, its life span or None), so that a
+        # hand-back at close queues it with these times, not the record's.
+        self.moved: tuple[float, float | None, float | None] | None = None
 
 
 class Holdings:
@@ -126,6 +140,12 @@ class Holdings:
         self._rejected_full = 0
         self._redis_errors = 0
         self._redis_resets = 0
+        # Hand-backs (handback.py): tasks this process gave back unstarted at
+        # close, tasks of dead members its reaps queued to run again, and
+        # the claimed tasks it ended EXHAUSTED marked 'started' or 'queued'.
+        self._handed_back = 0
+        self._reaped_unstarted = 0
+        self._marked = {"started": 0, "queued": 0}
 
     # -- fills in flight ----------------------------------------------------------
 
@@ -233,7 +253,7 @@ class Holdings:
             if rec is None or rec.revoked:
                 return None
             handle = rec.handle
-            if handle is None or self._bucket.get(task_id) is not handle:
+            if handle is None or self._bucket.get(task_id) != handle:
                 # It ended here; its release is on its way (or waits for Redis).
                 raise TaskNotFound(f"no live task {safe_repr(task_id)}")
             self._bucket.drain(task_id)  # TaskNotFound if it just ended
@@ -261,7 +281,7 @@ class Holdings:
             if rec is None or rec.revoked:
                 return None
             handle = rec.handle
-            if handle is None or self._bucket.get(task_id) is not handle:
+            if handle is None or self._bucket.get(task_id) != handle:
                 raise TaskNotFound(f"no live task {safe_repr(task_id)}")
             if rec.doomed:
                 raise TaskOutOfReach(
@@ -288,6 +308,31 @@ class Holdings:
             return self._bucket.reset(task_id, run_after=None, life_span=life_span)
 
     # -- revocations and releases ---------------------------------------------------
+
+    def note_moved(
+        self,
+        task_id: str,
+        run_after: float | datetime.timedelta | None,
+        life_span: float | datetime.timedelta | None,
+    ) -> None:
+        """A reset here moved `task_id`'s timers: remember the times it used.
+
+        The defaults are the durations it was filled with (`reset_here`);
+        only a TIME_BOMB's due time moves.
+        """
+
+        def seconds(value: float | datetime.timedelta | None, filled: str) -> float | None:
+            if isinstance(value, datetime.timedelta):
+                return value.total_seconds()
+            if value is not None:
+                return float(value)
+            return int(filled) / 1e6 if filled else None
+
+        with self._lock:
+            rec = self._local.get(task_id)
+            if rec is not None:
+                delay = seconds(run_after, rec.ra) if rec.typ == "t" else None
+                rec.moved = (time.monotonic(), delay, seconds(life_span, rec.ls))
 
     def revoke(self, rec: Record) -> None:
         """`rec` was taken from this process before it started: flag it (once)."""
@@ -316,7 +361,7 @@ class Holdings:
             if revoke and not rec.revoked:
                 rec.revoked = True
                 self._revoked += 1
-            if self._local.get(rec.id) is rec:
+            if self._local.get(rec.id) == rec:
                 del self._local[rec.id]
 
     def defer_release(self, rec: Record) -> None:
@@ -341,16 +386,14 @@ class Holdings:
     def take_for_sweep(self) -> list[Record]:
         """At close: every task still held here and every pending release, each with its ending.
 
-        What the local close drained gets the ending 'drained'.
+        What the local close drained has no ending ('' : the pump hands it
+        back to the group if it never started, or releases it as 'drained').
         """
         with self._lock:
             recs = [r for r in self._local.values() if not r.revoked] + [
                 r for r in self._unreleased if r.id not in self._local
             ]
             self._unreleased = []
-            for rec in recs:
-                if not rec.ending:
-                    rec.ending = "drained"
         return recs
 
     def note_reset(self) -> list[Record]:
@@ -362,7 +405,7 @@ class Holdings:
     def not_held(self, recs: Iterable[Record]) -> list[Record]:
         """Those of `recs` this process no longer holds."""
         with self._lock:
-            return [rec for rec in recs if self._local.get(rec.id) is not rec]
+            return [rec for rec in recs if self._local.get(rec.id) != rec]
 
     # -- counters -------------------------------------------------------------------
 
@@ -385,9 +428,19 @@ class Holdings:
         with self._lock:
             self._reset_remote += 1
 
-    def count_reaped(self, n: int) -> None:
+    def count_reaped(self, n: int, unstarted: int = 0) -> None:
         with self._lock:
             self._reaped += n
+            self._reaped_unstarted += unstarted
+
+    def count_handed_back(self, n: int) -> None:
+        with self._lock:
+            self._handed_back += n
+
+    def count_marked(self, mark: str) -> None:
+        """A claimed task ended EXHAUSTED here with `mark` ('started' or 'queued')."""
+        with self._lock:
+            self._marked[mark] += 1
 
     def count_redis_error(self) -> None:
         with self._lock:
@@ -412,6 +465,10 @@ class Holdings:
                 redis_errors=self._redis_errors,
                 redis_resets=self._redis_resets,
                 connected=connected,
+                handed_back=self._handed_back,
+                reaped_unstarted=self._reaped_unstarted,
+                exhausted_started=self._marked["started"],
+                expired_queued=self._marked["queued"],
             )
 
     def after_fork_in_child(self) -> None:
@@ -425,10 +482,10 @@ class Holdings:
     def _drop_revoked(self, rec: Record) -> None:
         """Another process took `rec` away: forget it and drop its local task. Under _lock."""
         rec.revoked = True
-        if self._local.get(rec.id) is rec:
+        if self._local.get(rec.id) == rec:
             del self._local[rec.id]
         self._revoked += 1
         handle = rec.handle
-        if handle is not None and self._bucket.get(rec.id) is handle:
+        if handle is not None and self._bucket.get(rec.id) == handle:
             with contextlib.suppress(TaskNotFound):
                 self._bucket.drain(rec.id)

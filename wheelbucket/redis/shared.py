@@ -10,36 +10,39 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import itertools
 import logging
 import os
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.cluster import RedisCluster
 
 from .._args import close_timeout, duration_ns, positive_int, task_id_arg
 from .._log import safe_repr
 from ..bucket import TaskBucket
 from ..clock import MonotonicClock
-from ..errors import BucketClosed, BucketFull, TaskExists, TaskNotFound
+from ..errors import BucketClosed, TaskNotFound
 from ..executor import HookPlan
 from ..task import TaskHandle, TaskType
 from . import forks
-from .errors import UNREACHABLE, RedisUnavailable, TaskOutOfReach
-from .helpers import _executor_name, _plan, _reset_refused, _seconds
+from .connect import connect, durable_fills
+from .errors import REDIS_FAILED, UNREACHABLE, TaskOutOfReach
+from .handback import HandbackStore
+from .helpers import _plan, _reset_refused, _seconds
 from .listener import Listener
+from .placing import Filler
 from .pump import Pump
-from .records import Holdings, Record
-from .serializer import JSONSerializer, Serializer, encode
+from .records import Holdings
+from .rollback import Rollback, RollbackReport
+from .serializer import JSONSerializer, Serializer
 from .stats import GroupInfo, SharedStats
-from .store import Drained, Filled, GroupStore, Reset
+from .store import Drained, GroupStore, Reset
 
 __all__ = ["SharedBucket"]
 
@@ -48,6 +51,9 @@ logger = logging.getLogger("wheelbucket.redis")
 # Tries of drain() and reset() on a task Redis says this process holds, while it
 # is being placed here.
 _DRAIN_ATTEMPTS = 3
+# Endings each process remembers, to delete them again after a rollback
+# (a few MB; seconds of endings at thousands per second: a replica's lag).
+_REMEMBER = 20_000
 
 
 class SharedBucket:
@@ -56,9 +62,12 @@ class SharedBucket:
     Args:
         group: the group's name; every process that uses the same name on the
             same Redis server shares one bucket.
-        client: a ``redis.Redis`` client, or a URL (``redis://host:port/db``)
-            to build one with `timeout`. A client you pass should have socket
-            timeouts set, or a fill may wait for a hung server.
+        client: a ``redis.Redis`` (a Sentinel ``master_for`` one too), a
+            ``RedisCluster``, or a URL to build one with `timeout`:
+            ``redis://host:port/db``, ``redis+cluster://host:port[,...]``,
+            ``redis+sentinel://host:port[,...]/master_name[/db]`` (connect.py).
+            A client you pass should have socket timeouts set, or a fill may
+            wait for a hung server.
         executor: the default executor of shared tasks (an `Executor`, an
             object with ``on_execute``, or a callable). Every process of the
             group must have one that does the same job.
@@ -82,6 +91,11 @@ class SharedBucket:
             Redis stream ``wb:{group}:ledger``; written in the same atomic step
             that ends the task in the group.
         claim_batch: most tasks claimed in one round trip.
+        min_replicas: a fill returns only once this many replicas have it
+            (WAIT, up to `timeout`; else `RedisUnavailable`, outcome unknown),
+            so an acknowledged fill survives a failover. Not on a cluster.
+        on_rollback: called with a `RollbackReport` when Redis lost writes
+            this process relied on (failover, old snapshot); also logged.
 
     Raises:
         RedisUnavailable: Redis cannot be reached to join the group.
@@ -91,7 +105,7 @@ class SharedBucket:
     def __init__(
         self,
         group: str,
-        client: redis.Redis | str,
+        client: redis.Redis | RedisCluster | str,
         *,
         executor: object = None,
         executors: Mapping[str, object] | None = None,
@@ -104,6 +118,8 @@ class SharedBucket:
         timeout: float = 2.0,
         ledger: int | None = None,
         claim_batch: int = 100,
+        min_replicas: int | None = None,
+        on_rollback: Callable[[RollbackReport], object] | None = None,
     ) -> None:
         if not isinstance(group, str) or not group:
             raise TypeError(f"group must be a non-empty str, got {safe_repr(group)}")
@@ -133,21 +149,7 @@ class SharedBucket:
             )
         self._serializer = serializer
 
-        if isinstance(client, str):
-            self._redis: redis.Redis = redis.Redis.from_url(
-                client,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
-            )
-            self._own_client = True
-        elif isinstance(client, redis.Redis):
-            self._redis = client
-            self._own_client = False
-        else:
-            raise TypeError(
-                f"client must be a redis.Redis or a redis:// URL, got {type(client).__name__}"
-            )
+        self._redis, self._own_client = connect(client, timeout)
 
         # The user's executors by name ('' for the default one).
         self._plans: dict[str, HookPlan] = {}
@@ -180,10 +182,18 @@ class SharedBucket:
 
         self.group = group
         self.member = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
-        self._tokens = itertools.count(1)
-        self._token_prefix = secrets.token_hex(6) + "."
         self._store = GroupStore(
             self._redis, group, self.member, ledger=ledger, limit=self._group_limit
+        )
+        if min_replicas is not None:  # docs/shared.md, Failures
+            n = positive_int(min_replicas, "min_replicas")
+            durable_fills(self._store, self._redis, n, timeout)
+        self._rollback = Rollback(
+            self._store,
+            self._redis,
+            on_rollback=on_rollback,
+            remember=_REMEMBER,
+            settle=2 * self._heartbeat,
         )
         self._holdings = Holdings(bucket)
         self._pump = Pump(
@@ -196,6 +206,21 @@ class SharedBucket:
             dead_after=dead_after_s,
             claim_batch=claim_batch,
             claiming=not producer_only,
+            rollback=self._rollback,
+        )
+        self._filler = Filler(
+            self._store,
+            self._holdings,
+            self._pump,
+            bucket,
+            serializer,
+            self._plans,
+            producer_only=producer_only,
+            group_limit=self._group_limit,
+            dead_after=dead_after_s,
+            heartbeat=self._heartbeat,
+            run_after_ns=self._run_after_ns,
+            life_span_ns=self._life_span_ns,
         )
         self._listener = Listener(
             self._store.subscribe, self._pump.heard, group=group, heartbeat=self._heartbeat
@@ -207,14 +232,13 @@ class SharedBucket:
 
         try:
             self._pump.first_beat()
-        except UNREACHABLE as exc:
+        except REDIS_FAILED as exc:
             if self._own_client:
                 self._redis.close()
             if local is not bucket:
                 bucket.close(wait=False)
-            raise RedisUnavailable(
-                f"cannot join group {group!r}: Redis unreachable ({exc})"
-            ) from exc
+            # The store's error, said of the join, chained to the client's.
+            raise type(exc)(f"cannot join group {group!r}: {exc}") from exc.__cause__
         self._pump.start()
         self._listener.start()
         forks.track(self)
@@ -230,110 +254,71 @@ class SharedBucket:
         *,
         run_after: float | datetime.timedelta | None = None,
         life_span: float | datetime.timedelta | None = None,
+        fill_token: str | None = None,
     ) -> TaskHandle | None:
         """Put a task in the group: here if the local bucket has room, else in Redis.
 
         Args are those of `TaskBucket.fill`, but `executor` is the *name* of
         an executor given to ``executors=`` (or that executor object itself);
         None picks the default executor. `data` must pass the serializer.
+        `fill_token` (a str without whitespace) makes the fill idempotent:
+        a fill of the same id with the same token, while the first one's task
+        is live, returns the first one's outcome and runs nothing twice. By
+        default each fill gets a new token; a failed fill's error carries it
+        (``exc.fill_token``) for the retry.
 
         Returns:
             The local `TaskHandle` when the task was placed in this process,
             None when it overflowed into Redis (any process may run it).
 
         Raises:
-            TaskExists: `task_id` is live anywhere in the group.
+            TaskExists: `task_id` is live anywhere in the group (under
+                another fill token).
             BucketFull: the group is at `group_limit` (only with a limit).
             BucketClosed: close() has begun.
             RedisUnavailable: Redis could not be reached; nothing was placed
                 here (see `RedisUnavailable` for the uncertain case).
+            RedisServerError: Redis refused it (out of memory...); nothing stored.
+            UnknownExecutor: no live member of the group runs that executor.
             TypeError, ValueError: a bad argument, or data the serializer
                 refuses; nothing is stored.
         """
         if self._closing:
             raise BucketClosed(f"shared bucket is closed: cannot fill {safe_repr(task_id)}")
-        task_id = task_id_arg(task_id)
-        ex = self._executor_name(executor)
-        span = (
-            self._life_span_ns
-            if life_span is None
-            else duration_ns(life_span, "life_span", zero_ok=False)
+        return self._filler.fill(
+            task_type,
+            task_id,
+            data,
+            executor,
+            run_after=run_after,
+            life_span=life_span,
+            fill_token=fill_token,
         )
-        if task_type is TaskType.TIME_BOMB:
-            delay = (
-                self._run_after_ns
-                if run_after is None
-                else duration_ns(run_after, "run_after", zero_ok=True)
-            )
-            if span <= delay:
-                raise ValueError(
-                    f"life_span ({span / 1e9:g} s) must be greater than run_after "
-                    f"({delay / 1e9:g} s) for a TIME_BOMB task"
-                )
-            typ = "t"
-        elif task_type is TaskType.IMMEDIATE:
-            if run_after is not None:
-                duration_ns(run_after, "run_after", zero_ok=True)
-            delay = 0
-            typ = "i"
-        else:
-            raise TypeError(
-                "task_type must be TaskType.IMMEDIATE or TaskType.TIME_BOMB, "
-                f"got {safe_repr(task_type)}"
-            )
-        payload = encode(self._serializer, task_id, data)
-        delay_us, span_us = -(-delay // 1000), -(-span // 1000)
-        here = not self._producer_only and len(self._bucket) < self._max_bucket
-        token = self._token_prefix + format(next(self._tokens), "x")
-        if here:
-            self._holdings.begin_fill(task_id)
-        try:
-            reply = self._store.fill(
-                task_id,
-                token,
-                here=here,
-                typ=typ,
-                delay_us=delay_us,
-                span_us=span_us,
-                ex=ex,
-                payload=payload,
-            )
-            if reply.status is Filled.EXISTS:
-                if reply.token != token:  # a retried call finds its own record
-                    self._holdings.count_rejected(full=False)
-                    raise TaskExists(f"task {safe_repr(task_id)} is already live in the group")
-            elif reply.status is Filled.FULL:
-                self._holdings.count_rejected(full=True)
-                raise BucketFull(
-                    f"group {self.group!r} is full ({self._group_limit} live tasks): "
-                    f"cannot fill {safe_repr(task_id)}"
-                )
-            if not here:
-                self._holdings.count_overflowed()
-                return None
-            rec = Record(
-                task_id,
-                token,
-                data,
-                typ,
-                reply.due,
-                reply.dl,
-                ex,
-                payload,
-                str(delay_us),
-                str(span_us),
-            )
-            return self._place_filled(rec, task_type, delay, span)
-        except UNREACHABLE as exc:
-            self._pump.note_error(exc)
-            if here:
-                self._pump.suspect_orphans()  # the record may exist without its task
-            raise RedisUnavailable(
-                f"cannot fill {safe_repr(task_id)}: Redis unreachable ({exc})"
-            ) from exc
-        finally:
-            if here:
-                self._holdings.end_fill(task_id)
+
+    def fill_many(self, items: Iterable[Any]) -> list[TaskHandle | BaseException | None]:
+        """Fill many tasks in one round trip to Redis; an outcome per item, in order.
+
+        Each item is a tuple ``(task_type, task_id[, data[, executor]])`` or a
+        mapping of `fill`'s argument names (``task_type``, ``task_id``,
+        ``data``, ``executor``, ``run_after``, ``life_span``, ``fill_token``).
+        The first items go to the local bucket while it has room, the rest
+        to the group, as `fill` would place them one by one.
+
+        Returns:
+            Per item: its local `TaskHandle`, None when it went to the group,
+            or the exception `fill` would have raised for it alone
+            (`TaskExists`, `BucketFull` at the group limit, `UnknownExecutor`,
+            TypeError/ValueError...); nothing is stored for such an item.
+
+        Raises:
+            BucketClosed: close() has begun; nothing is stored.
+            RedisUnavailable, RedisServerError: the batch failed as a whole
+                (its outcome may be unknown: ``exc.fill_tokens`` holds each
+                item's token, None for the refused ones, to retry with).
+        """
+        if self._closing:
+            raise BucketClosed("shared bucket is closed: cannot fill")
+        return self._filler.fill_many(items)
 
     def drain(self, task_id: str) -> None:
         """Cancel a live task of the group, wherever it is. No hook runs for it.
@@ -360,11 +345,9 @@ class SharedBucket:
                 return
             try:
                 reply = self._store.drain(task_id, force=force)
-            except UNREACHABLE as exc:
+            except REDIS_FAILED as exc:
                 self._pump.note_error(exc)
-                raise RedisUnavailable(
-                    f"cannot drain {safe_repr(task_id)}: Redis unreachable ({exc})"
-                ) from exc
+                raise
             if reply.status is Drained.UNKNOWN:
                 raise TaskNotFound(f"no live task {safe_repr(task_id)} in the group")
             if reply.status is Drained.DRAINED:
@@ -415,6 +398,8 @@ class SharedBucket:
         for _attempt in range(_DRAIN_ATTEMPTS):
             handle = self._holdings.reset_here(task_id, run_after, life_span)
             if handle is not None:
+                # Remembered for a hand-back at close (the record keeps the old times).
+                self._holdings.note_moved(task_id, run_after, life_span)
                 return handle
             try:
                 reply = self._store.reset(
@@ -422,11 +407,9 @@ class SharedBucket:
                     delay_us=-1 if delay is None else -(-delay // 1000),
                     span_us=-1 if span is None else -(-span // 1000),
                 )
-            except UNREACHABLE as exc:
+            except REDIS_FAILED as exc:
                 self._pump.note_error(exc)
-                raise RedisUnavailable(
-                    f"cannot reset {safe_repr(task_id)}: Redis unreachable ({exc})"
-                ) from exc
+                raise
             status = reply.status
             if status is Reset.MOVED:
                 self._holdings.count_reset_remote()
@@ -461,7 +444,9 @@ class SharedBucket:
         New fills are refused at once and this process claims nothing more;
         tasks waiting in Redis stay there for the other processes. The local
         bucket closes as `TaskBucket.close` says (`wait`, `timeout`,
-        `rescue`); every task it held leaves the group. Heartbeats go on
+        `rescue`), but what it would drain and never started here goes back
+        to the group's queue instead (unless `rescue`), to run on another
+        process; every other task it held leaves the group. Heartbeats go on
         meanwhile, so the group does not presume this process dead.
         """
         # Checked before anything starts: a refused close() changes nothing.
@@ -527,51 +512,26 @@ class SharedBucket:
 
     def stats(self) -> SharedStats:
         """This process's counters (no Redis round trip; see `group_info`)."""
-        return self._holdings.stats(
+        stats = self._holdings.stats(
             self._bucket.stats(), self.member, connected=self._pump.connected
         )
+        rb = self._rollback
+        return replace(stats, redis_rollbacks=rb.rollbacks, may_run_twice=rb.may_run_twice)
 
     def group_info(self) -> GroupInfo:
         """The whole group, read from Redis: live tasks, queued tasks, members.
 
         Raises:
             RedisUnavailable: Redis could not be reached.
+            RedisServerError: Redis answered with an error.
         """
-        try:
-            return self._store.group_info()
-        except UNREACHABLE as exc:
-            raise RedisUnavailable(f"cannot read group {self.group!r}: {exc}") from exc
+        return HandbackStore(self._store).with_counts(self._store.group_info())
 
     def __repr__(self) -> str:
         state = "closed" if self._closing else "open"
         return f"<SharedBucket {self.group!r} {self.member} {state} live={len(self)}>"
 
     # -- internals ----------------------------------------------------------------
-
-    def _executor_name(self, executor: object) -> str:
-        return _executor_name(executor, self._plans, self._names, self._producer_only)
-
-    def _place_filled(
-        self, rec: Record, task_type: TaskType, delay: int, span: int
-    ) -> TaskHandle | None:
-        """Put a task just recorded in Redis as ours into the local bucket."""
-        try:
-            handle = self._holdings.place_filled(
-                rec,
-                self._pump.executor_for(rec.ex),
-                task_type,
-                run_after=delay / 1e9 if task_type is TaskType.TIME_BOMB else None,
-                life_span=span / 1e9,
-            )
-        except BaseException:  # BucketClosed, or an id the local bucket holds outside the group
-            self._pump.release_quietly(rec)
-            raise
-        if handle is not None:
-            return handle
-        # The local bucket filled up since we looked: hand the task to the group.
-        self._pump.hand_back(rec)
-        self._holdings.count_overflowed()
-        return None
 
     def _after_fork_in_child(self) -> None:
         """A forked child has none of the parent's threads: this bucket is closed there."""

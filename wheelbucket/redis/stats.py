@@ -38,6 +38,20 @@ class SharedStats:
     redis_errors: int
     redis_resets: int
     connected: bool
+    # Rollbacks this member noticed (Redis lost writes it relied on), and the
+    # tasks it then had to take from another member, which may run twice.
+    redis_rollbacks: int = 0
+    may_run_twice: int = 0
+    # Crashes and deploys (docs/shared.md, hand-backs): claimed tasks this
+    # member gave back to the group unstarted when it closed; tasks of dead
+    # members its reaps queued to run again (they had never started); and,
+    # of its ``exhausted_on_claim``, those that had started on a member that
+    # died (``exhausted_started``: never run twice) and those whose life span
+    # ran out while they waited in the group's queue (``expired_queued``).
+    handed_back: int = 0
+    reaped_unstarted: int = 0
+    exhausted_started: int = 0
+    expired_queued: int = 0
 
 
 @dataclass(frozen=True)
@@ -47,3 +61,9 @@ class GroupInfo:
     live: int
     queued: int
     members: tuple[str, ...]
+    # Since the group began (as long as Redis kept its data): tasks that ended
+    # EXHAUSTED because their life span ran out while they waited in the
+    # queue (never started), and tasks that ended EXHAUSTED after they had
+    # started on a member that died (never run twice).
+    expired_queued: int = 0
+    exhausted_started: int = 0

@@ -2,14 +2,17 @@
 
 A `GroupStore` is one member's view of one group. Each method is one round
 trip (a script, or a pipeline of them) with typed arguments and a typed
-reply, in the manner of APScheduler 4's ``DataStore``; it raises what the
-client raises (`UNREACHABLE` for "Redis cannot be reached"). The scripts are
+reply, in the manner of APScheduler 4's ``DataStore``. It is the one place
+where redis client errors become the bucket's: every public method raises
+`RedisUnavailable` (connection errors, timeouts) or `RedisServerError`
+(any other error reply: OOM, READONLY...), chained to the client's
+exception (see `errors.translating`). The scripts are
 the ``lua/*.lua`` files next to this module: each says what its ARGV are and
 what it returns; every script that changes the group is atomic.
 
 Keys of group G (all share the hash tag {G}, so they live in one slot)::
 
-    wb:{G}:t:<id>        HASH   the task: tok own typ due dl ex d ra ls [doom]
+    wb:{G}:t:<id>        HASH   the task: tok own typ due dl ex d ra ls [doom] [st: started]
     wb:{G}:ids           SET    ids of the live tasks of the group
     wb:{G}:q:<ex>        ZSET   queued tasks for executor name <ex>, by due time
     wb:{G}:exs           SET    executor names ever used (which q:<ex> exist)
@@ -17,7 +20,12 @@ Keys of group G (all share the hash tag {G}, so they live in one slot)::
     wb:{G}:m             ZSET   members, by their last heartbeat
     wb:{G}:ctl:<member>  LIST   "tok id" of tasks taken away from a member
     wb:{G}:meta          HASH   nonce (changes when Redis lost the group)
+    wb:{G}:exn           HASH   member -> the executor names it runs (space-separated)
     wb:{G}:ledger        STREAM every ending (optional)
+    wb:{G}:ep:<member>   STRING the member's epoch: its script calls (epoch.py)
+
+KEYS[1] of every script is the caller's epoch key (KEYS[2]: the task's record,
+if any); a Redis Cluster routes by them to the one node of the group's slot.
 
 Channels: ``wb:{G}:wake`` (a task was queued), ``wb:{G}:wake:<member>``
 (a revocation for that member). Times are whole microseconds of the Redis
@@ -35,6 +43,8 @@ from typing import Any, NamedTuple, cast
 
 import redis
 
+from .epoch import Epoch, GroupScript
+from .errors import translating
 from .stats import GroupInfo
 
 __all__ = [
@@ -47,6 +57,7 @@ __all__ = [
     "Filled",
     "GroupStore",
     "Holder",
+    "NewTask",
     "Reaped",
     "Released",
     "Reset",
@@ -62,6 +73,8 @@ CTL_BATCH = 100
 CTL_TTL = 3600
 # Tasks taken from dead members per reap.
 REAP_BATCH = 1000
+# Tasks per script call of fill_many: about 5 ms of Redis time for no-op tasks.
+FILL_CHUNK = 2000
 
 
 def _source(name: str) -> str:
@@ -72,6 +85,13 @@ def _source(name: str) -> str:
 
 # The helpers of the scripts that read the server's clock.
 _PRELUDE = _source("prelude")
+
+# The scripts that run even when Redis is out of memory (maxmemory with the
+# noeviction policy): none of them adds a task, each moves, ends or deletes
+# one or keeps a member alive, so they keep the group going and free memory.
+# The fills (and restore, reset) are refused with an OOM error, which reaches
+# their caller as a RedisServerError. Needs Redis 7 (script flags).
+_OOM_OK = frozenset({"heartbeat", "claim", "release", "drain", "reap", "leave", "requeue", "names"})
 
 
 def _text(value: Any) -> str:
@@ -92,6 +112,19 @@ class Filled(enum.IntEnum):
     FULL = -1  # the group is at its limit: nothing recorded
     EXISTS = 0  # the id is live in the group (a retried fill finds its own token)
     RECORDED = 1
+
+
+class NewTask(NamedTuple):
+    """A task for `GroupStore.fill_many`: `fill`'s arguments."""
+
+    id: str
+    token: str
+    here: bool
+    typ: str
+    delay_us: int
+    span_us: int
+    ex: str
+    payload: bytes | str
 
 
 class FillReply(NamedTuple):
@@ -128,6 +161,8 @@ class ClaimReply(NamedTuple):
     tasks: list[Claimed]
     # A full batch of revocations came: there may be more.
     more_revocations: bool
+    # This member's epoch is behind (Redis lost writes): nothing was taken.
+    behind: bool = False
 
 
 class Released(enum.IntEnum):
@@ -182,13 +217,17 @@ class Beat(NamedTuple):
     nonce: str
     # False: the group had presumed this member dead (or never knew it).
     was_member: bool
+    # The member's epoch in Redis, and the least it must be (lower: a rollback, epoch.py).
+    epoch: int = 0
+    least: int = 0
 
 
 class Reaped(NamedTuple):
-    # Tasks of dead members queued doomed.
+    # Tasks taken from dead members and queued again (doomed if started).
     requeued: int
     # Dead members that left the group (their tasks all reaped).
     gone: list[str]
+    unstarted: int = 0  # of `requeued`, those never started: they run again
 
 
 class Holder(NamedTuple):
@@ -215,7 +254,10 @@ class StoredTask(NamedTuple):
 
 # -- the store -------------------------------------------------------------------
 
+_translating = translating  # the name handback.py imports from here
 
+
+@translating
 class GroupStore:
     """Group `group` in Redis, as member `member` sees it: one method per protocol step.
 
@@ -228,7 +270,7 @@ class GroupStore:
     """
 
     def __init__(
-        self, client: redis.Redis, group: str, member: str, *, ledger: int, limit: int
+        self, client: redis.Redis | Any, group: str, member: str, *, ledger: int, limit: int
     ) -> None:
         self._redis = client
         self.group = group
@@ -238,17 +280,29 @@ class GroupStore:
         self._prefix = f"wb:{{{group}}}:"
         self._wake_channel = self._prefix + "wake"
         self._my_channel = self._prefix + "wake:" + member
+        # Answered script calls, against wb:{G}:ep:<member> (KEYS[1] of every script).
+        self.epoch = Epoch()
+        self._ep_key = self._prefix + "ep:" + member
+
         # Registering makes no round trip: each script is loaded on its first call.
-        self._s_fill = client.register_script(_PRELUDE + _source("fill"))
-        self._s_claim = client.register_script(_PRELUDE + _source("claim"))
-        self._s_release = client.register_script(_source("release"))
-        self._s_drain = client.register_script(_source("drain"))
-        self._s_reset = client.register_script(_PRELUDE + _source("reset"))
-        self._s_requeue = client.register_script(_source("requeue"))
-        self._s_heartbeat = client.register_script(_PRELUDE + _source("heartbeat"))
-        self._s_reap = client.register_script(_PRELUDE + _source("reap"))
-        self._s_restore = client.register_script(_source("restore"))
-        self._s_leave = client.register_script(_source("leave"))
+        def script(name: str) -> GroupScript:
+            source = _PRELUDE + _source(name)
+            if name in _OOM_OK:
+                source = "#!lua flags=allow-oom\n" + source
+            return GroupScript(client, source, self._ep_key, self.epoch)
+
+        self._s_fill = script("fill")
+        self._s_claim = script("claim")
+        self._s_release = script("release")
+        self._s_drain = script("drain")
+        self._s_reset = script("reset")
+        self._s_requeue = script("requeue")
+        self._s_heartbeat = script("heartbeat")
+        self._s_reap = script("reap")
+        self._s_restore = script("restore")
+        self._s_leave = script("leave")
+        self._s_fill_many = script("fill_many")
+        self._s_names = script("names")
 
     # -- a task's way through the group ----------------------------------------------
 
@@ -269,6 +323,7 @@ class GroupStore:
         A queued task that is the new head of its queue wakes the group.
         """
         reply = self._s_fill(
+            keys=[self._prefix + "t:" + task_id],
             args=[
                 self._prefix,
                 task_id,
@@ -280,14 +335,72 @@ class GroupStore:
                 ex,
                 payload,
                 self._limit,
-            ]
+            ],
         )
         return FillReply(Filled(int(reply[0])), _text(reply[1]), _text(reply[2]), _text(reply[3]))
 
+    def fill_many(self, tasks: Sequence[NewTask]) -> list[FillReply]:
+        """`fill` for each task, in order: one atomic script call per FILL_CHUNK tasks.
+
+        One round trip up to FILL_CHUNK tasks without min_replicas; beyond, a
+        pipeline, which redis-py precedes with a SCRIPT EXISTS: two."""
+        if not tasks:
+            return []
+        prefix, member = self._prefix, self.member
+        wait = self._s_fill.wait_replicas
+        enc = self._redis.get_encoder().encode  # the client's, as for every other argument
+        calls = []
+        for start in range(0, len(tasks), FILL_CHUNK):
+            chunk = tasks[start : start + FILL_CHUNK]
+            args: list[Any] = [prefix, member, self._limit]
+            for t in chunk:  # one packed argument per task (fill_many.lua)
+                i, k, e, d = enc(t.id), enc(t.token), enc(t.ex), enc(t.payload)
+                head = (len(i), len(k), t.here, enc(t.typ), t.delay_us, t.span_us, len(e))
+                args.append(b"%d %d %d %s %d %d %d " % head + i + k + e + d)
+            calls.append(([prefix + "t:" + t.id for t in chunk], args))
+        if len(calls) == 1 and wait is None:
+            replies = [self._s_fill_many(keys=calls[0][0], args=calls[0][1])]
+            return self._fill_replies(replies)
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args in calls:
+            self._s_fill_many(keys=keys, args=args, client=pipe)
+        # min_replicas: as durable as fill, in the same round trip.
+        if wait is not None:
+            pipe.execute_command("WAIT", *wait)
+        replies = pipe.execute()
+        if wait is not None:
+            acked = int(replies.pop())
+            if acked < wait[0]:
+                self.epoch.count(len(replies))
+                raise redis.exceptions.TimeoutError(
+                    f"only {acked} of {wait[0]} replicas acknowledged the write "
+                    f"within {wait[1]} ms (min_replicas)"
+                )
+        self.epoch.count(len(replies))
+        return self._fill_replies(replies)
+
+    @staticmethod
+    def _fill_replies(replies: list[Any]) -> list[FillReply]:
+        return [
+            FillReply(Filled(int(f[i])), _text(f[i + 1]), _text(f[i + 2]), _text(f[i + 3]))
+            for f in replies
+            for i in range(0, len(f), 4)
+        ]
+
+    def register_executors(self, names: Sequence[str]) -> None:
+        """Tell the group which executor names this member runs ('' for the default)."""
+        self._s_names(args=[self._prefix, self.member, "set", 0, " ".join(names)])
+
+    def executor_names(self, dead_after_us: int) -> frozenset[str]:
+        """The executor names the members with a heartbeat younger than `dead_after_us` run."""
+        entries = self._s_names(args=[self._prefix, self.member, "get", dead_after_us, ""])
+        return frozenset(name for e in entries for name in _text(e).split(" "))
+
     def claim(self, room: int, lookahead_us: int, executors: Sequence[str]) -> ClaimReply:
         """Take up to `room` tasks due within `lookahead_us`, and read this member's revocations."""
-        now_us, next_us, ctl, items = self._s_claim(
-            args=[self._prefix, self.member, room, lookahead_us, CTL_BATCH, *executors]
+        least = self.epoch.answered + 1  # behind it, Redis lost writes: claim nothing
+        now_us, next_us, ctl, items, behind = self._s_claim(
+            args=[self._prefix, self.member, room, lookahead_us, CTL_BATCH, least, *executors]
         )
         revocations = []
         for entry in ctl:
@@ -308,9 +421,8 @@ class GroupStore:
             )
             for i in range(0, len(items), len(Claimed._fields))
         ]
-        return ClaimReply(
-            int(now_us), int(next_us), revocations, tasks, len(revocations) >= CTL_BATCH
-        )
+        more = len(revocations) >= CTL_BATCH
+        return ClaimReply(int(now_us), int(next_us), revocations, tasks, more, bool(behind))
 
     def ack_revocations(self, revocations: Sequence[tuple[str, str]]) -> None:
         """Remove revocations this member has applied from its list."""
@@ -328,7 +440,8 @@ class GroupStore:
         return Released(
             int(
                 self._s_release(
-                    args=[self._prefix, self.member, task_id, token, ending, self._ledger]
+                    keys=[self._prefix + "t:" + task_id],
+                    args=[self._prefix, self.member, task_id, token, ending, self._ledger],
                 )
             )
         )
@@ -338,10 +451,13 @@ class GroupStore:
         pipe = self._redis.pipeline(transaction=False)
         for task_id, token, ending in endings:
             self._s_release(
+                keys=[self._prefix + "t:" + task_id],
                 args=[self._prefix, self.member, task_id, token, ending, self._ledger],
                 client=pipe,
             )
-        return [Released(int(status)) for status in pipe.execute()]
+        replies = pipe.execute()
+        self.epoch.count(len(replies))
+        return [Released(int(status)) for status in replies]
 
     def drain(self, task_id: str, *, force: bool) -> DrainReply:
         """Drain a task wherever it is; a holder other than this member is told.
@@ -349,7 +465,8 @@ class GroupStore:
         Without `force`, a task this member holds is left alone (HELD_HERE).
         """
         status, owner = self._s_drain(
-            args=[self._prefix, self.member, task_id, self._ledger, "1" if force else "0"]
+            keys=[self._prefix + "t:" + task_id],
+            args=[self._prefix, self.member, task_id, self._ledger, "1" if force else "0"],
         )
         return DrainReply(Drained(int(status)), _text(owner))
 
@@ -361,7 +478,8 @@ class GroupStore:
         head of its queue wakes the group.
         """
         status, owner, delay, span, due, dl = self._s_reset(
-            args=[self._prefix, self.member, task_id, delay_us, span_us]
+            keys=[self._prefix + "t:" + task_id],
+            args=[self._prefix, self.member, task_id, delay_us, span_us],
         )
         return ResetReply(
             Reset(int(status)), _text(owner), int(delay), int(span), int(due), int(dl)
@@ -369,14 +487,18 @@ class GroupStore:
 
     def requeue(self, task_id: str, token: str) -> bool:
         """Hand a task this member holds back to the group's queue; False if not held."""
-        return bool(int(self._s_requeue(args=[self._prefix, self.member, task_id, token])))
+        keys, args = [self._prefix + "t:" + task_id], [self._prefix, self.member, task_id, token]
+        return bool(int(self._s_requeue(keys=keys, args=args)))
 
     def requeue_many(self, tasks: Iterable[tuple[str, str]]) -> int:
         """`requeue` for each (id, token; '' for any token), in one round trip; how many moved."""
         pipe = self._redis.pipeline(transaction=False)
         for task_id, token in tasks:
-            self._s_requeue(args=[self._prefix, self.member, task_id, token], client=pipe)
-        return sum(int(moved) for moved in pipe.execute())
+            args = [self._prefix, self.member, task_id, token]
+            self._s_requeue(keys=[self._prefix + "t:" + task_id], args=args, client=pipe)
+        replies = pipe.execute()
+        self.epoch.count(len(replies))
+        return sum(int(moved) for moved in replies)
 
     def holder(self, task_id: str) -> Holder:
         """Who holds `task_id` now, and the group's nonce (one round trip)."""
@@ -394,24 +516,30 @@ class GroupStore:
 
     def heartbeat(self) -> Beat:
         """Tell the group this member lives; read the group's nonce (made if missing)."""
-        now_us, nonce, was = self._s_heartbeat(
+        answered = self.epoch.answered  # all applied before this heartbeat
+        now_us, nonce, was, epoch = self._s_heartbeat(
             args=[self._prefix, self.member, secrets.token_hex(8)]
         )
-        return Beat(int(now_us), _text(nonce), bool(int(was)))
+        return Beat(int(now_us), _text(nonce), bool(int(was)), int(epoch), answered + 1)
 
     def reap(self, dead_after_us: int) -> Reaped:
-        """Queue the tasks of members silent for `dead_after_us` as doomed, a batch at a time."""
-        requeued, gone = self._s_reap(
+        """Queue again the tasks of members silent for `dead_after_us` (doomed if started)."""
+        requeued, gone, unstarted = self._s_reap(
             args=[self._prefix, self.member, dead_after_us, REAP_BATCH, CTL_TTL]
         )
-        return Reaped(int(requeued), [_text(m) for m in gone])
+        return Reaped(int(requeued), [_text(m) for m in gone], int(unstarted))
 
     def restore_many(self, tasks: Sequence[StoredTask]) -> None:
         """Record again, as held by this member, tasks Redis lost (one round trip)."""
         pipe = self._redis.pipeline(transaction=False)
         for task in tasks:
-            self._s_restore(args=[self._prefix, self.member, *task], client=pipe)
-        pipe.execute()
+            key = self._prefix + "t:" + task.id
+            self._s_restore(keys=[key], args=[self._prefix, self.member, *task], client=pipe)
+        self.epoch.count(len(pipe.execute()))
+
+    def durable_fills(self, replicas: int, timeout_ms: int) -> None:
+        """From now on each fill waits for `replicas` replicas (WAIT), or raises a timeout."""
+        self._s_fill.wait_replicas = (replicas, timeout_ms)
 
     def leave(self) -> bool:
         """Leave the group if this member holds nothing; False if it still holds tasks."""

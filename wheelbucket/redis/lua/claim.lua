@@ -1,17 +1,21 @@
 -- One round of a member's pump: take up to `n` due tasks of its executors,
 -- and read the revocations (tasks taken away from it) waiting for it.
--- ARGV: P me n lookahead_us nctl ex...
+-- ARGV: P me n lookahead_us nctl least ex... (least: what this member's
+-- epoch must be at least; behind it, Redis lost writes: epoch.py)
 -- Returns {now, the earliest due time left in its queues (-1: none left),
 -- the revocation entries "tok id", and the tasks taken, flat, each as
 -- id tok typ due dl ex data doom ra ls}.
 local P, me = ARGV[1], ARGV[2]
 local n = tonumber(ARGV[3])
+-- Rolled back: take nothing (ghosts of tasks that ended) before reconciling.
+local behind = 0
+if epoch < tonumber(ARGV[6]) then n, behind = 0, 1 end
 local now = now_us()
 local horizon = num(now + tonumber(ARGV[4]))
 local ctl = redis.call('LRANGE', P .. 'ctl:' .. me, 0, tonumber(ARGV[5]) - 1)
 local out = {}
 local nxt = -1
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local ex = ARGV[i]
   local q = P .. 'q:' .. ex
   if n > 0 then
@@ -44,4 +48,4 @@ for i = 6, #ARGV do
     if nxt < 0 or s < nxt then nxt = s end
   end
 end
-return {num(now), num(nxt), ctl, out}
+return {num(now), num(nxt), ctl, out, behind}

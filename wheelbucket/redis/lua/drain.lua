@@ -5,7 +5,7 @@
 -- locally (unless `force` is '1'); {1, owner}: drained (owner '' when it
 -- was queued).
 local P, me, id = ARGV[1], ARGV[2], ARGV[3]
-local key = P .. 't:' .. id
+local key = KEYS[2]
 local f = redis.call('HMGET', key, 'tok', 'own', 'ex')
 if not f[1] then return {0, ''} end
 local own = f[2]

@@ -5,7 +5,7 @@
 -- are the live task's, so a retried call can tell its own record); -1 the
 -- group is at its limit.
 local P, id, tok, own = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local key = P .. 't:' .. id
+local key = KEYS[2]
 local cur = redis.call('HMGET', key, 'tok', 'due', 'dl')
 if cur[1] then return {0, cur[1], cur[2] or '0', cur[3] or '0'} end
 local limit = tonumber(ARGV[10])

@@ -15,4 +15,4 @@ if not nonce then
 end
 local w = 0
 if was then w = 1 end
-return {num(now), nonce, w}
+return {num(now), nonce, w, epoch}

@@ -4,7 +4,7 @@
 local P, me = ARGV[1], ARGV[2]
 if redis.call('SCARD', P .. 'by:' .. me) == 0 then
   redis.call('ZREM', P .. 'm', me)
-  redis.call('DEL', P .. 'ctl:' .. me, P .. 'by:' .. me)
+  redis.call('DEL', P .. 'ctl:' .. me, P .. 'by:' .. me, KEYS[1])
   return 1
 end
 return 0

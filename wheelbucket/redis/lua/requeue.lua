@@ -3,7 +3,7 @@
 -- ARGV: P me id tok ('' = whatever token)
 -- Returns 1 when requeued, 0 when `me` does not hold it.
 local P, me, id = ARGV[1], ARGV[2], ARGV[3]
-local key = P .. 't:' .. id
+local key = KEYS[2]
 local f = redis.call('HMGET', key, 'tok', 'own', 'ex', 'due', 'doom')
 if not f[1] or f[2] ~= me or (ARGV[4] ~= '' and f[1] ~= ARGV[4]) then return 0 end
 redis.call('HSET', key, 'own', '')

@@ -8,7 +8,7 @@
 -- life span not longer than the run-after (delay and span are the values
 -- used). Only status 1 changes anything.
 local P, me, id = ARGV[1], ARGV[2], ARGV[3]
-local key = P .. 't:' .. id
+local key = KEYS[2]
 local f = redis.call('HMGET', key, 'tok', 'own', 'typ', 'due', 'dl', 'ex', 'doom', 'ra', 'ls')
 if not f[1] then return {0, '', '0', '0', '0', '0'} end
 local own = f[2]

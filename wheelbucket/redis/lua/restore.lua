@@ -2,7 +2,7 @@
 -- ARGV: P me id tok typ due dl ex data ra ls ('' when unknown)
 -- Returns 1 when the record is (now) ours, 0 when another task took the id.
 local P, me, id = ARGV[1], ARGV[2], ARGV[3]
-local key = P .. 't:' .. id
+local key = KEYS[2]
 local cur = redis.call('HGET', key, 'tok')
 if cur then
   if cur == ARGV[4] then return 1 end

@@ -1,0 +1,122 @@
+"""The member's epoch: how it tells that Redis lost writes it relied on, and its scripts.
+
+Every script of the group INCRs the calling member's epoch key
+``wb:{G}:ep:<member>`` (KEYS[1], in prelude.lua), in the same atomic step as
+the rest of its work. The member counts the calls Redis answered. Redis only
+answers a call after it applied it, and a snapshot, an AOF or a replica holds
+a prefix of the primary's history; so as long as Redis kept everything, the
+key is at least that count. A key *behind* the count proves that Redis
+forgot some of the member's answered calls: it restarted from an old
+snapshot, or a lagging replica was promoted (docs/shared.md, Failures).
+Detection costs one INCR per script and no round trip: the heartbeat reads
+the key.
+
+`GroupScript` is one registered script of the group: it puts the member's
+epoch key first in KEYS, counts answered calls, and queues itself in a
+pipeline in the way the client allows (a cluster pipeline refuses EVALSHA).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+
+__all__ = ["Epoch", "GroupScript", "is_cluster"]
+
+
+def is_cluster(client: object) -> bool:
+    """Is `client` a Redis Cluster client (which routes by key and pipelines per node)?"""
+    return isinstance(client, RedisCluster)
+
+
+class Epoch:
+    """This member's count of answered script calls, against its epoch key in Redis."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Invariant: the epoch key in Redis is >= _answered unless Redis lost
+        #   writes (or a rebase() after one just set it to what Redis holds).
+        self._answered = 0
+
+    @property
+    def answered(self) -> int:
+        """Calls Redis answered so far (each applied before its answer came)."""
+        return self._answered
+
+    def count(self, n: int = 1) -> None:
+        with self._lock:
+            self._answered += n
+
+    def forget(self, lost: int) -> None:
+        """Redis lost `lost` of the calls it answered: count without them."""
+        with self._lock:
+            self._answered -= lost
+
+    def rebase(self, value: int) -> int:
+        """Redis lost writes: count from what it holds (`value`). Returns the calls lost."""
+        with self._lock:
+            lost = self._answered - value
+            self._answered = value
+        return lost
+
+
+class GroupScript:
+    """One Lua script of the group, called with the member's epoch key as KEYS[1].
+
+    Args:
+        client: a ``redis.Redis`` or a ``RedisCluster``.
+        source: the script (with prelude.lua in front).
+        epoch_key: ``wb:{G}:ep:<member>``.
+        epoch: the member's `Epoch`, counted on every answered call.
+    """
+
+    def __init__(self, client: Any, source: str, epoch_key: str, epoch: Epoch) -> None:
+        self._client = client
+        self._script = client.register_script(source)
+        # (replicas, timeout in ms): each call waits until that many replicas
+        # have it (WAIT on the same connection), else raises TimeoutError.
+        self.wait_replicas: tuple[int, int] | None = None
+        self._source = source
+        self._epoch_key = epoch_key
+        self._epoch = epoch
+
+    def __call__(
+        self, keys: Sequence[str] = (), args: Sequence[Any] = (), client: Any = None
+    ) -> Any:
+        """Run it (one round trip), or queue it in the pipeline `client`.
+
+        A queued call is counted by `answered_in_pipeline` once the pipeline ran.
+        """
+        all_keys = [self._epoch_key, *keys]
+        if client is None and self.wait_replicas is not None:
+            replicas, timeout_ms = self.wait_replicas
+            pipe = self._client.pipeline(transaction=False)
+            self._script(keys=all_keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+            reply, acked = pipe.execute()
+            self._epoch.count()
+            if int(acked) < replicas:
+                # Applied on the primary, maybe not on a replica: a failover
+                # may lose it. The caller cannot know the outcome.
+                raise redis.exceptions.TimeoutError(
+                    f"only {int(acked)} of {replicas} replicas acknowledged the write "
+                    f"within {timeout_ms} ms (min_replicas)"
+                )
+            return reply
+        if client is None:
+            reply = self._script(keys=all_keys, args=args)
+            self._epoch.count()
+            return reply
+        if is_cluster_pipeline(client):
+            # ClusterPipeline refuses EVALSHA (it cannot load a missing script
+            # on the right node); EVAL carries the source, cached by the server.
+            return client.execute_command("EVAL", self._source, len(all_keys), *all_keys, *args)
+        return self._script(keys=all_keys, args=args, client=client)
+
+
+def is_cluster_pipeline(pipe: object) -> bool:
+    return isinstance(pipe, redis.cluster.ClusterPipeline)
