@@ -15,8 +15,13 @@ group layer on top of it, named by `group`, on one Redis server::
 * Every live task of the group has a record in Redis from its fill to its
   ending, whoever holds it: ids are unique across the group, `drain` reaches
   a task wherever it is, and a process that dies (``kill -9``) leaves its
-  tasks behind for the survivors, who notice its lapsed heartbeat and end
-  them EXHAUSTED (their ``on_task_exhausted`` runs).
+  tasks behind for the survivors, who notice its lapsed heartbeat: a task it
+  had not started goes back to the queue and runs once elsewhere; one it had
+  started ends EXHAUSTED there (``on_task_exhausted`` runs, and
+  `had_started()` is True in it). A graceful ``close()`` hands back what it
+  has not started, too.
+* Redis Cluster (``redis+cluster://``) and Sentinel (``redis+sentinel://``)
+  work; a member notices when Redis lost writes it relied on, and says so.
 * Deadlines of tasks that cross processes are on the Redis server's clock.
 
 See docs/shared.md for the design, the Redis keys and the delivery guarantees.
@@ -38,6 +43,7 @@ from .errors import (
     TaskOutOfReach,
     UnknownExecutor,
 )
+from .handback import had_started
 from .rollback import RollbackReport
 from .serializer import JSONSerializer, Serializer
 from .shared import SharedBucket
@@ -55,4 +61,5 @@ __all__ = [
     "SharedStats",
     "TaskOutOfReach",
     "UnknownExecutor",
+    "had_started",
 ]
