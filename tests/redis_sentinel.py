@@ -52,14 +52,17 @@ class SentinelSet:
         if binary is None:
             raise FileNotFoundError("redis-server is not installed")
         self.binary = binary
+        self._pick_ports()
+        self.dir = tempfile.mkdtemp(prefix="wheelbucket-sentinel-")
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def _pick_ports(self) -> None:
         ports: list[int] = []
         while len(ports) < 3:  # three distinct ones
             if (port := _free_port()) not in ports:
                 ports.append(port)
         self.ports = ports[:2]  # the first starts as the primary
         self.sentinel_port = ports[2]
-        self.dir = tempfile.mkdtemp(prefix="wheelbucket-sentinel-")
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
@@ -88,13 +91,27 @@ class SentinelSet:
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
 
-    def start(self, timeout: float = 20.0) -> None:
-        """Start all three and wait until the Sentinel knows the replica; on failure stop them."""
-        try:
-            self._start(timeout)
-        except BaseException:
-            self.close()
-            raise
+    def start(self, timeout: float = 20.0, tries: int = 3) -> None:
+        """Start all three and wait until the Sentinel knows the replica; on failure stop them.
+
+        A free port picked here can be taken by another process before a
+        server binds it (then that server exits, and the replica never
+        links): such a start is tried again on fresh ports, up to `tries`.
+        """
+        for attempt in range(tries):
+            try:
+                self._start(timeout)
+                return
+            except TimeoutError as exc:
+                logs = self._log_tails()
+                self._stop_procs()
+                if attempt == tries - 1:
+                    self.close()
+                    raise TimeoutError(f"{exc}\n{logs}") from None
+                self._pick_ports()
+            except BaseException:
+                self.close()
+                raise
 
     def _start(self, timeout: float) -> None:
         primary, replica = self.ports
@@ -122,7 +139,7 @@ class SentinelSet:
             stderr=subprocess.DEVNULL,
         )
         end = time.monotonic() + timeout
-        self.wait(lambda: b"master_link_status:up" in self.info(replica), end, "the replica")
+        self.wait(lambda: b"master_link_status:up" in self._linked(replica), end, "the replica")
         self.wait(lambda: self._sentinel_knows_replica(), end, "the Sentinel to see the replica")
 
     def wait(self, predicate: object, end: float, what: str) -> None:
@@ -131,6 +148,13 @@ class SentinelSet:
             if time.monotonic() > end:
                 raise TimeoutError(f"timed out waiting for {what}; see {self.dir}")
             time.sleep(0.05)
+
+    def _linked(self, replica: int) -> bytes:
+        """The replica's INFO; TimeoutError at once if a server of the set has exited."""
+        for port, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise TimeoutError(f"redis-server on port {port} exited (port taken?)")
+        return self.info(replica)
 
     def info(self, port: int) -> bytes:
         try:
@@ -188,13 +212,31 @@ class SentinelSet:
         if proc is not None and proc.poll() is None:
             os.kill(proc.pid, signal.SIGCONT)
 
-    def close(self) -> None:
+    def _log_tails(self) -> str:
+        """The last lines of each server's log, for a failure's message."""
+        out = []
+        for port in self.procs:
+            path = os.path.join(self.dir, str(port), "redis.log")
+            if not os.path.exists(path):
+                path = os.path.join(self.dir, "sentinel.log")
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    tail = f.readlines()[-8:]
+            except OSError:
+                continue
+            out.append(f"--- {port}: {path}\n" + "".join(tail))
+        return "\n".join(out)
+
+    def _stop_procs(self) -> None:
         for port, proc in self.procs.items():
             self.resume(port)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+
+    def close(self) -> None:
+        self._stop_procs()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> SentinelSet:
