@@ -102,6 +102,7 @@ EXPECTED = {
         "server: GET /slow?seconds=30: deadline exceeded",
         "server: session 1 expired after 8 visits",
     ],
+    "fill_many.py": ["['TaskHandle', 'TaskHandle', 'TaskExists', 'NoneType']"],
     "decisions.py": [
         "life_span must be at most ten years (315576000 s), got 315576001.0",
         "run_after must be >= 0 seconds, got -1",
