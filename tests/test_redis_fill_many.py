@@ -7,17 +7,24 @@ handle, None (it went to the group), or the exception fill() would have raised.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from redis_server import RedisServer, find_redis_server
+from redis_server import RedisServer
 
 redis = pytest.importorskip("redis")
+
+from test_redis import (  # noqa: E402 - the fixtures of the shared-bucket tests
+    group,
+    make,
+    r,
+    redis_server,
+    server,
+    wait_for,
+)
 
 from wheelbucket import (  # noqa: E402 - after the importorskip
     BucketClosed,
@@ -30,70 +37,12 @@ from wheelbucket import (  # noqa: E402 - after the importorskip
 )
 from wheelbucket.redis import RedisUnavailable, SharedBucket, UnknownExecutor  # noqa: E402
 
+__all__ = ["group", "make", "r", "redis_server", "server"]  # fixtures, used by name
+
 pytestmark = pytest.mark.redis
 
 IMMEDIATE = TaskType.IMMEDIATE
 TIME_BOMB = TaskType.TIME_BOMB
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    binary = find_redis_server()
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed; under CI the shared-bucket tests must run")
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
-    server = RedisServer(binary=binary)
-    server.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def server(redis_server: RedisServer) -> Iterator[RedisServer]:
-    redis_server.start()
-    yield redis_server
-    redis_server.resume()
-    redis_server.start()
-
-
-@pytest.fixture
-def r(server: RedisServer) -> Iterator[Any]:
-    client = redis.Redis.from_url(server.url, socket_timeout=5, socket_connect_timeout=5)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def group() -> str:
-    return f"t-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def make(server: RedisServer, group: str) -> Iterator[Callable[..., SharedBucket]]:
-    made: list[SharedBucket] = []
-
-    def make_one(**kwargs: Any) -> SharedBucket:
-        kwargs.setdefault("heartbeat", 0.1)
-        kwargs.setdefault("timeout", 1.0)
-        kwargs.setdefault("ledger", 100_000)
-        shared = SharedBucket(group, kwargs.pop("url", server.url), **kwargs)
-        made.append(shared)
-        return shared
-
-    yield make_one
-    server.resume()
-    server.start()
-    for shared in made:
-        shared.close(wait=False)
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.005)
 
 
 class Recorder(Executor):
