@@ -403,6 +403,8 @@ class Pump:
         """Records Redis says we hold but we do not (a fill broken mid-way): requeue them."""
         self._maybe_orphans = False
         orphans = self._holdings.orphans(self._store.owned_ids())
+        if orphans and self._rollback is not None:  # ended here: deleted, never run again
+            orphans = self._rollback.release_ended(orphans)
         if not orphans:
             return
         moved = self._store.requeue_many((task_id, "") for task_id in orphans)
