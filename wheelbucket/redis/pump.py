@@ -401,7 +401,9 @@ class Pump:
 
     def _scan_orphans(self) -> None:
         """Records Redis says we hold but we do not (a fill broken mid-way): requeue them."""
-        self._maybe_orphans = False
+        # After a rollback, look again while settling: reconciling may take back
+        # a task that an ending or a refused start takes out of here just after.
+        self._maybe_orphans = self._rollback is not None and self._rollback.settling()
         orphans = self._holdings.orphans(self._store.owned_ids())
         if orphans and self._rollback is not None:  # ended here: deleted, never run again
             orphans = self._rollback.release_ended(orphans)

@@ -45,7 +45,7 @@ from .epoch import GroupScript
 from .store import Beat, GroupStore, Released, StoredTask
 
 if TYPE_CHECKING:
-    from .records import Holdings, Record
+    from .records import Holdings
 
 __all__ = ["Rollback", "RollbackReport"]
 
@@ -205,8 +205,16 @@ class Rollback:
                     for r in missing
                 ]
             )
-        # (One dropped before it started stays, for the orphan scan to requeue.)
-        self._release_ended_meanwhile(holdings, held)
+        # A task that ended here while this ran may have been released against
+        # the older state (no record, or "not yours"), then recorded again or
+        # taken back: take it out again. One whose worker has not forgotten it
+        # yet, and one dropped before it started (its START found the older
+        # state), are left to the orphan scans while this member settles (the
+        # first deletes, the second requeues: `release_ended`).
+        done = {(task_id, token) for task_id, token, _ in list(self._ended)}  # list(): atomic
+        for rec in holdings.not_held(held):
+            if (rec.id, rec.token) in done:
+                self._store.release(rec.id, rec.token)
         dropped = 0
         if not covered:
             unknown = holdings.orphans(self._store.owned_ids())
@@ -248,28 +256,6 @@ class Rollback:
             except Exception:
                 logger.exception("group %r: the on_rollback hook failed", self._group)
         return report
-
-    def _release_ended_meanwhile(self, holdings: Holdings, held: list[Record]) -> None:
-        """Take out again the records of held tasks that ended while `recover` ran.
-
-        Such a task may have been released against the older state (no
-        record, or "not yours"), then recorded again or taken back here. It
-        is released once its worker has forgotten it, right after its
-        release's answer: until then that answer may still be on its way.
-        The wait is short and bounded; a release deferred (Redis failed it)
-        comes after the reconcile, and finds the record.
-        """
-        done = {(task_id, token) for task_id, token, _ in list(self._ended)}  # list(): atomic
-        waiting = [rec for rec in held if (rec.id, rec.token) in done]
-        deadline = time.monotonic() + self._settle / 4
-        while waiting:
-            gone = holdings.not_held(waiting)
-            for rec in gone:
-                self._store.release(rec.id, rec.token)
-            waiting = [rec for rec in waiting if rec not in gone and not rec.ending]
-            if not waiting or time.monotonic() >= deadline:
-                return
-            time.sleep(0.001)
 
     def _reconcile(self, entries: list[tuple[str, str, str]]) -> list[int]:
         codes: list[int] = []
