@@ -87,11 +87,15 @@ class Runs:
         # Cleared: every task waits in on_execute until it is set (or cancelled).
         self.gate = threading.Event()
         self.gate.set()
+        # Not 0: the gate is cleared once that many tasks have run.
+        self.block_after = 0
 
     def __call__(self, ctx: Any, task_id: str, data: Any) -> None:
         with self.lock:
             self.count[task_id] += 1
             self.at.setdefault(task_id, time.monotonic())
+            if self.block_after and len(self.count) >= self.block_after:
+                self.gate.clear()
         if self.work:
             ctx.wait(self.work)
         while not self.gate.is_set() and not ctx.cancelled:
@@ -210,7 +214,10 @@ def test_a_restart_from_an_old_snapshot_is_noticed_and_nothing_runs_twice_untold
         saved = time.monotonic()
         at_snapshot = runs.ran()
         more = min(at_snapshot + 150, n - 30)
-        # More work, and a few heartbeats of every member, after the snapshot.
+        # More work, and a few heartbeats of every member, after the snapshot;
+        # then the tasks that start wait, so that some are held and some
+        # queued at the kill however fast the workers are.
+        runs.block_after = more
         wait_for(
             lambda: runs.ran() >= more and time.monotonic() > saved + 0.3,
             what="more work after the snapshot",
@@ -220,6 +227,8 @@ def test_a_restart_from_an_old_snapshot_is_noticed_and_nothing_runs_twice_untold
         claimed = sum(x.stats().claimed for x in workers)
         server.start()  # from the snapshot
         restarted = time.monotonic()
+        runs.block_after = 0
+        runs.gate.set()
         first_claim: list[float] = []  # how long nobody claimed (the gate)
 
         def claims_seen() -> bool:  # notes the first claim; always True
