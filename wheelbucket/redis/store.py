@@ -34,16 +34,15 @@ server's clock (TIME), so that deadlines mean the same in every process.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import secrets
 from collections.abc import Iterable, Sequence
 from importlib import resources
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import redis
 
-from .epoch import Epoch, GroupScript
+from .epoch import Epoch, GroupScript, OwnLine
 from .errors import translating
 from .stats import GroupInfo
 
@@ -63,7 +62,6 @@ __all__ = [
     "Reset",
     "ResetReply",
     "StoredTask",
-    "Subscription",
 ]
 
 # Revocations (drain requests) fetched per claim.
@@ -91,7 +89,7 @@ _PRELUDE = _source("prelude")
 # one or keeps a member alive, so they keep the group going and free memory.
 # The fills (and restore, reset) are refused with an OOM error, which reaches
 # their caller as a RedisServerError. Needs Redis 7 (script flags).
-_OOM_OK = frozenset({"heartbeat", "claim", "release", "drain", "reap", "leave", "requeue", "names"})
+_OOM_OK = frozenset({"heartbeat", "claim", "step", "drain", "reap", "leave", "requeue", "names"})
 
 
 def _text(value: Any) -> str:
@@ -293,7 +291,9 @@ class GroupStore:
 
         self._s_fill = script("fill")
         self._s_claim = script("claim")
-        self._s_release = script("release")
+        self._s_step = script("step")
+        # The step of the workers, on a connection of its own where it can be.
+        self._step_line = OwnLine.for_client(self._s_step, client)
         self._s_drain = script("drain")
         self._s_reset = script("reset")
         self._s_requeue = script("requeue")
@@ -437,27 +437,34 @@ class GroupStore:
 
         `ending` ('finished', 'drained'...) goes to the ledger; '' writes none.
         """
-        return Released(
-            int(
-                self._s_release(
-                    keys=[self._prefix + "t:" + task_id],
-                    args=[self._prefix, self.member, task_id, token, ending, self._ledger],
-                )
-            )
-        )
+        return Released(self.step([(task_id, token, ending)], ())[0])
 
     def release_many(self, endings: Sequence[tuple[str, str, str]]) -> list[Released]:
         """`release` for each (id, token, ending), in one round trip."""
-        pipe = self._redis.pipeline(transaction=False)
-        for task_id, token, ending in endings:
-            self._s_release(
-                keys=[self._prefix + "t:" + task_id],
-                args=[self._prefix, self.member, task_id, token, ending, self._ledger],
-                client=pipe,
-            )
-        replies = pipe.execute()
-        self.epoch.count(len(replies))
-        return [Released(int(status)) for status in replies]
+        return [Released(status) for status in self.step(endings, ())]
+
+    def step(
+        self, releases: Sequence[tuple[str, str, str]], starts: Sequence[tuple[str, str]]
+    ) -> list[int]:
+        """Release each (id, token, ending) and record the start of each (id, token), at once.
+
+        One round trip (lua/step.lua); the statuses, releases first: a
+        `Released` value each, then for each start 1 (recorded: start it), 0
+        (taken from this member) or -1 (unknown to Redis: start it).
+        """
+        p, enc = self._prefix + "t:", self._redis.get_encoder().encode
+        keys = [p + r[0] for r in releases]
+        keys += [p + s[0] for s in starts]
+        args = [enc(self._prefix), enc(self.member), b"%d" % self._ledger, b"%d" % len(releases)]
+        for task_id, token, ending in releases:  # one packed argument each (step.lua)
+            i, t = enc(task_id), enc(token)
+            args.append(b"%d %d %s%s%s" % (len(i), len(t), i, t, enc(ending)))
+        for task_id, token in starts:
+            i = enc(task_id)
+            args.append(b"%d %s%s" % (len(i), i, enc(token)))
+        if self._step_line is not None:
+            return [int(status) for status in self._step_line(keys, args)]
+        return [int(status) for status in self._s_step(keys=keys, args=args)]
 
     def drain(self, task_id: str, *, force: bool) -> DrainReply:
         """Drain a task wherever it is; a holder other than this member is told.
@@ -547,9 +554,14 @@ class GroupStore:
 
     # -- news and introspection ---------------------------------------------------------
 
-    def subscribe(self) -> Subscription:
-        """Listen to the group's wake channel and this member's own."""
-        return Subscription(self._redis, self._wake_channel, self._my_channel)
+    def channels(self) -> tuple[str, str]:
+        """The group's wake channel and this member's own (listener.Subscription)."""
+        return self._wake_channel, self._my_channel
+
+    def hang_up(self) -> None:
+        """Close the connection of the workers' step (the client's own are the caller's)."""
+        if self._step_line is not None:
+            self._step_line.close()
 
     def wake_me(self) -> None:
         """Publish on this member's own channel (wakes its listener at once)."""
@@ -569,27 +581,3 @@ class GroupStore:
                 pipe.zcard(self._prefix + "q:" + _text(name))
             queued = sum(int(n) for n in pipe.execute())
         return GroupInfo(int(live), queued, tuple(sorted(_text(m) for m in members)))
-
-
-class Subscription:
-    """A member's subscription to the group's wake channel and its own."""
-
-    def __init__(self, client: redis.Redis, wake_channel: str, my_channel: str) -> None:
-        self._my_channel = my_channel
-        self._pubsub: Any = cast(Any, client).pubsub(ignore_subscribe_messages=True)
-        try:
-            self._pubsub.subscribe(wake_channel, my_channel)
-        except BaseException:
-            self.close()
-            raise
-
-    def get(self, timeout: float) -> bool | None:
-        """Wait up to `timeout` for news: None if none came, True if it is for this member."""
-        message = self._pubsub.get_message(timeout=timeout)
-        if message is None:
-            return None
-        return _text(message["channel"]) == self._my_channel
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):  # it is going away either way
-            self._pubsub.close()
