@@ -102,7 +102,7 @@ class GroupScript:
         self._epoch.count()
 
     def __call__(
-        self, keys: Sequence[str] = (), args: Sequence[Any] = (), client: Any = None
+        self, keys: Sequence[str | bytes] = (), args: Sequence[Any] = (), client: Any = None
     ) -> Any:
         """Run it (one round trip), or queue it in the pipeline `client`.
 
@@ -161,12 +161,12 @@ class OwnLine:
     def for_client(cls, script: GroupScript, client: Any) -> OwnLine | None:
         return None if is_cluster(client) else cls(script, client)
 
-    def __call__(self, keys: Sequence[bytes | str], args: Sequence[bytes]) -> Any:
+    def __call__(self, keys: Sequence[bytes], args: Sequence[bytes]) -> Any:
         """Run the script (one round trip) with the member's epoch key in front of `keys`."""
         script = self._script
-        enc: Callable[[bytes | str], bytes] = cast(Any, self._client).get_encoder().encode
+        enc: Callable[[str], bytes] = cast(Any, self._client).get_encoder().encode
         head = [b"EVALSHA", script.sha.encode(), b"%d" % (len(keys) + 1), enc(script.epoch_key)]
-        parts = [*head, *(enc(k) for k in keys), *args]
+        parts = [*head, *keys, *args]
         packed = b"".join(
             [b"*%d\r\n" % len(parts)] + [b"$%d\r\n%s\r\n" % (len(a), a) for a in parts]
         )

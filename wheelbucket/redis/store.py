@@ -406,21 +406,15 @@ class GroupStore:
         for entry in ctl:
             token, _, task_id = _text(entry).partition(" ")
             revocations.append((token, task_id))
-        tasks = [
-            Claimed(
-                _text(items[i]),
-                _text(items[i + 1]),
-                _text(items[i + 2]),
-                _text(items[i + 3]),
-                _text(items[i + 4]),
-                _text(items[i + 5]),
-                items[i + 6],
-                _text(items[i + 7]) == "1",
-                _text(items[i + 8]),
-                _text(items[i + 9]),
-            )
-            for i in range(0, len(items), len(Claimed._fields))
-        ]
+        # 10 fields a task: all str, but the data (6), as the client gives it.
+        tasks = []
+        for i in range(0, len(items), 10):
+            t = [
+                v.decode() if type(v) is bytes and k != 6 else v
+                for k, v in enumerate(items[i : i + 10])
+            ]
+            t[7] = t[7] == "1"
+            tasks.append(Claimed._make(t))
         more = len(revocations) >= CTL_BATCH
         return ClaimReply(int(now_us), int(next_us), revocations, tasks, more, bool(behind))
 
@@ -452,15 +446,17 @@ class GroupStore:
         `Released` value each, then for each start 1 (recorded: start it), 0
         (taken from this member) or -1 (unknown to Redis: start it).
         """
-        p, enc = self._prefix + "t:", self._redis.get_encoder().encode
-        keys = [p + r[0] for r in releases]
-        keys += [p + s[0] for s in starts]
+        enc = self._redis.get_encoder().encode
+        p = enc(self._prefix + "t:")
+        keys: list[bytes] = []
         args = [enc(self._prefix), enc(self.member), b"%d" % self._ledger, b"%d" % len(releases)]
         for task_id, token, ending in releases:  # one packed argument each (step.lua)
             i, t = enc(task_id), enc(token)
+            keys.append(p + i)
             args.append(b"%d %d %s%s%s" % (len(i), len(t), i, t, enc(ending)))
         for task_id, token in starts:
             i = enc(task_id)
+            keys.append(p + i)
             args.append(b"%d %s%s" % (len(i), i, enc(token)))
         if self._step_line is not None:
             return [int(status) for status in self._step_line(keys, args)]

@@ -18,6 +18,8 @@ local P, me = ARGV[1], ARGV[2]
 local maxlen, nrel = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ctl = P .. 'ctl:' .. me
 local out = {}
+-- The released tasks, deleted together at the end.
+local gone, gone_keys = {}, {}
 for i = 1, #ARGV - 4 do
   local s, key = ARGV[i + 4], KEYS[i + 1]
   local id, tok, rest
@@ -39,9 +41,7 @@ for i = 1, #ARGV - 4 do
       redis.call('HSET', key, 'st', '1')
       out[i] = 1
     else
-      redis.call('DEL', key)
-      redis.call('SREM', P .. 'ids', id)
-      redis.call('SREM', P .. 'by:' .. me, id)
+      gone[#gone + 1], gone_keys[#gone_keys + 1] = id, key
       local ending, mark = string.match(rest, '^([^:]*):?(.*)$')
       if mark ~= '' then redis.call('HINCRBY', P .. 'counts', mark, 1) end
       if maxlen > 0 and ending ~= '' then
@@ -62,5 +62,10 @@ for i = 1, #ARGV - 4 do
   else
     out[i] = -1
   end
+end
+if #gone > 0 then
+  redis.call('DEL', unpack(gone_keys))
+  redis.call('SREM', P .. 'ids', unpack(gone))
+  redis.call('SREM', P .. 'by:' .. me, unpack(gone))
 end
 return out
