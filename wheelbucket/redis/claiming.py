@@ -16,7 +16,7 @@ from ..executor import HookPlan
 from ..task import TaskType
 from .handback import started_executors
 from .hooks import SharedExecutor
-from .records import Holdings, Record
+from .records import Holdings, Placement, Record
 from .serializer import Serializer, decode
 from .store import Claimed
 
@@ -60,8 +60,7 @@ class Placer:
 
     def place(self, now_us: int, tasks: list[Claimed]) -> list[Record]:
         """Put claimed tasks into the local bucket; the records of those that did not fit."""
-        back: list[Record] = []
-        place = self._holdings.place_claimed
+        placements: list[Placement] = []
         for task in tasks:
             data, error = decode(self._serializer, task.id, task.payload)
             rec = Record(
@@ -83,22 +82,14 @@ class Placer:
                 # Doomed in Redis: it had started on a member that died (reap.lua).
                 rec.mark = "started" if task.doomed else "queued"
                 executor: object = self._started[rec.ex] if task.doomed else doomed_executor
-                placed = place(
-                    rec, executor, TaskType.IMMEDIATE, run_after=None, life_span=_DOOMED_SPAN,
-                    doomed=True,
-                )  # fmt: skip
+                placements.append((rec, executor, TaskType.IMMEDIATE, None, _DOOMED_SPAN, True))
             elif due_us > now_us or rec.typ == "t":
                 # A TIME_BOMB claimed late is placed as one all the same (due
                 # at once), so that a reset sends it back to waiting (SPEC).
-                placed = place(
-                    rec, normal, TaskType.TIME_BOMB, run_after=max(0, due_us - now_us) / 1e6,
-                    life_span=(dl_us - now_us) / 1e6, doomed=False,
-                )  # fmt: skip
+                run_after = max(0, due_us - now_us) / 1e6
+                life_span = (dl_us - now_us) / 1e6
+                placements.append((rec, normal, TaskType.TIME_BOMB, run_after, life_span, False))
             else:
-                placed = place(
-                    rec, normal, TaskType.IMMEDIATE, run_after=None,
-                    life_span=(dl_us - now_us) / 1e6, doomed=False,
-                )  # fmt: skip
-            if not placed:
-                back.append(rec)
-        return back
+                life_span = (dl_us - now_us) / 1e6
+                placements.append((rec, normal, TaskType.IMMEDIATE, None, life_span, False))
+        return self._holdings.place_claimed(placements)

@@ -141,12 +141,11 @@ class OwnLine:
     For the hot step of a member's workers (lua/step.lua), which the `Link`
     sends one call at a time: no connection is taken from the pool and given
     back per call, and the arguments (bytes already) are packed without the
-    client's per-argument work. A call that fails drops the connection
-    (the next one connects again, to the current primary under Sentinel) and
-    raises the client's exception; there is no retry here, the callers have
-    theirs. Only for a ``redis.Redis`` client
-    (a Sentinel-managed one too); a ``RedisCluster`` has none (`for_client`
-    returns None).
+    client's per-argument work. A call that fails on the connection is
+    tried once more on a new one (to the current primary under Sentinel);
+    then it raises the client's exception, and the callers retry as they
+    do. Only for a ``redis.Redis`` client (a Sentinel-managed one too); a
+    ``RedisCluster`` has none (`for_client` returns None).
     """
 
     def __init__(self, script: GroupScript, client: redis.Redis) -> None:
@@ -173,8 +172,12 @@ class OwnLine:
         with self._lock:
             try:
                 reply = self._roundtrip(packed)
-            except redis.exceptions.NoScriptError:
-                self._client.script_load(script.source)  # Redis restarted, or SCRIPT FLUSH
+            except redis.exceptions.ConnectionError:
+                # Most often a connection the server closed while it was idle
+                # (a restart): the pool would have seen that at checkout. Once
+                # more on a new one. A step applied whose answer was lost is
+                # safe to repeat: a release finds no record (-1), a start
+                # finds its own mark (1).
                 reply = self._roundtrip(packed)
         script.counted()
         return reply
@@ -192,8 +195,13 @@ class OwnLine:
                 # now: send_packed_command would connect to where it last was.
                 conn.connect()
                 self._broken = False
-            conn.send_packed_command([packed], check_health=False)
-            reply = conn.read_response()
+            try:
+                conn.send_packed_command([packed], check_health=False)
+                reply = conn.read_response()
+            except redis.exceptions.NoScriptError:
+                self._client.script_load(self._script.source)  # a restart, or SCRIPT FLUSH
+                conn.send_packed_command([packed], check_health=False)
+                reply = conn.read_response()
         except redis.exceptions.ResponseError:
             raise  # an error reply: the connection is fine
         except BaseException:

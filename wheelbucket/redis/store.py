@@ -73,6 +73,8 @@ CTL_TTL = 3600
 REAP_BATCH = 1000
 # Tasks per script call of fill_many: about 5 ms of Redis time for no-op tasks.
 FILL_CHUNK = 2000
+# Tasks per step at most (Lua's unpack() of a step's releases takes < 8000).
+STEP_CHUNK = 1000
 
 
 def _source(name: str) -> str:
@@ -434,8 +436,12 @@ class GroupStore:
         return Released(self.step([(task_id, token, ending)], ())[0])
 
     def release_many(self, endings: Sequence[tuple[str, str, str]]) -> list[Released]:
-        """`release` for each (id, token, ending), in one round trip."""
-        return [Released(status) for status in self.step(endings, ())]
+        """`release` for each (id, token, ending): a round trip per STEP_CHUNK of them."""
+        return [
+            Released(status)
+            for i in range(0, len(endings), STEP_CHUNK)
+            for status in self.step(endings[i : i + STEP_CHUNK], ())
+        ]
 
     def step(
         self, releases: Sequence[tuple[str, str, str]], starts: Sequence[tuple[str, str]]
