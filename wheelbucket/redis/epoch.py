@@ -151,6 +151,8 @@ class OwnLine:
     def __init__(self, script: GroupScript, client: redis.Redis) -> None:
         self._script = script
         self._client = client
+        encode: Callable[[str], bytes] = cast(Any, client).get_encoder().encode
+        self._epoch_key = encode(script.epoch_key)
         self._lock = threading.Lock()  # one call at a time on the connection
         self._conn: Any = None
         self._pid = 0  # of the process that made _conn (a forked child makes its own)
@@ -163,8 +165,7 @@ class OwnLine:
     def __call__(self, keys: Sequence[bytes], args: Sequence[bytes]) -> Any:
         """Run the script (one round trip) with the member's epoch key in front of `keys`."""
         script = self._script
-        enc: Callable[[str], bytes] = cast(Any, self._client).get_encoder().encode
-        head = [b"EVALSHA", script.sha.encode(), b"%d" % (len(keys) + 1), enc(script.epoch_key)]
+        head = [b"EVALSHA", script.sha.encode(), b"%d" % (len(keys) + 1), self._epoch_key]
         parts = [*head, *keys, *args]
         packed = b"".join(
             [b"*%d\r\n" % len(parts)] + [b"$%d\r\n%s\r\n" % (len(a), a) for a in parts]

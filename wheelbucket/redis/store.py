@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import enum
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any, NamedTuple
 
@@ -296,6 +296,7 @@ class GroupStore:
         self._s_step = script("step")
         # The step of the workers, on a connection of its own where it can be.
         self._step_line = OwnLine.for_client(self._s_step, client)
+        self._encode: Callable[[str], bytes] = client.get_encoder().encode
         self._s_drain = script("drain")
         self._s_reset = script("reset")
         self._s_requeue = script("requeue")
@@ -452,7 +453,7 @@ class GroupStore:
         `Released` value each, then for each start 1 (recorded: start it), 0
         (taken from this member) or -1 (unknown to Redis: start it).
         """
-        enc = self._redis.get_encoder().encode
+        enc = self._encode
         p = enc(self._prefix + "t:")
         keys: list[bytes] = []
         args = [enc(self._prefix), enc(self.member), b"%d" % self._ledger, b"%d" % len(releases)]
