@@ -142,12 +142,13 @@ class Link:
         starts = [a for a in batch if not a.release]
         try:
             statuses = self._step([a.task for a in releases], [a.task[:2] for a in starts])
+            answered = list(zip([*releases, *starts], statuses, strict=True))
         except BaseException as exc:  # every ask of the step gets it
             for a in batch:
                 a.error = exc
                 a.done = True
         else:
-            for a, status in zip([*releases, *starts], statuses, strict=True):
+            for a, status in answered:
                 a.status = status
                 a.done = True
         for a in batch:

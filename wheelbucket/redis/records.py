@@ -231,6 +231,9 @@ class Holdings:
                     continue
                 local[rec.id] = rec
                 rec.doomed = doomed
+                # Before it is live: a worker may run it to its end before
+                # fill_many returns, and its ending reads the mark (Pump.end).
+                rec.claimed = True
                 new.append(rec)
                 items.append(
                     {
@@ -249,11 +252,11 @@ class Holdings:
             for rec, outcome in zip(new, outcomes, strict=True):
                 if isinstance(outcome, TaskHandle):
                     rec.handle = outcome
-                    rec.claimed = True
                     self._claimed += 1
                     if rec.doomed:
                         self._exhausted_on_claim += 1
                 else:  # full, closed, or refused (TaskExists, ValueError)
+                    rec.claimed = False
                     del local[rec.id]
                     back.append(rec)
             return back

@@ -19,7 +19,7 @@ local maxlen, nrel = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ctl = P .. 'ctl:' .. me
 local out = {}
 -- The released tasks, deleted together at the end.
-local gone, gone_keys = {}, {}
+local gone, gone_keys, released = {}, {}, {}
 for i = 1, #ARGV - 4 do
   local s, key = ARGV[i + 4], KEYS[i + 1]
   local id, tok, rest
@@ -34,14 +34,16 @@ for i = 1, #ARGV - 4 do
     id, tok = string.sub(s, p, p + li - 1), string.sub(s, p + li)
   end
   local f = redis.call('HMGET', key, 'tok', 'own')
-  if f[1] == tok then
+  if released[key] then
+    out[i] = -1  -- released earlier in this step (deleted below)
+  elseif f[1] == tok then
     if f[2] ~= me then
       out[i] = 0
     elseif i > nrel then
       redis.call('HSET', key, 'st', '1')
       out[i] = 1
     else
-      gone[#gone + 1], gone_keys[#gone_keys + 1] = id, key
+      gone[#gone + 1], gone_keys[#gone_keys + 1], released[key] = id, key, true
       local ending, mark = string.match(rest, '^([^:]*):?(.*)$')
       if mark ~= '' then redis.call('HINCRBY', P .. 'counts', mark, 1) end
       if maxlen > 0 and ending ~= '' then
