@@ -214,11 +214,7 @@ class Pump:
         self._wake.set()
 
     def _room_freed(self) -> None:
-        """A task left, or a slot went unused, while due tasks wait in Redis for room.
-
-        Claim at once if half a batch is free, else within _GATHER: the
-        endings of that while share one claim (any thread).
-        """
+        """Room freed while due tasks wait in Redis: claim now, or gather (_GATHER)."""
         room = self.room()
         if room >= self._worth_claiming:
             self._claim_now()
@@ -464,6 +460,8 @@ class Pump:
         """Records Redis says we hold but we do not (a fill broken mid-way): requeue them."""
         self._maybe_orphans = False
         orphans = self._holdings.orphans(self._store.owned_ids())
+        if orphans and self._rollback is not None:  # ended here: deleted, never run again
+            orphans = self._rollback.release_ended(orphans)
         if not orphans:
             return
         moved = self._store.requeue_many((task_id, "") for task_id in orphans)

@@ -172,6 +172,11 @@ class Holdings:
         with self._lock:
             return task_id in self._local or bool(self._inflight.get(task_id))
 
+    def held(self) -> int:
+        """How many group tasks this process holds."""
+        with self._lock:
+            return len(self._local)
+
     def orphans(self, ids: Iterable[str]) -> list[str]:
         """Those of `ids` (held here, says Redis) that this process does not know."""
         with self._lock:

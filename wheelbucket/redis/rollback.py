@@ -21,8 +21,11 @@ memory does not reach back to the rollback, deletes the records it holds in
 Redis and does not know instead of requeueing them (at most once). A task
 another member had claimed again meanwhile is taken from that member as a
 drain would; it may have started there: such ids are reported. Then the
-member claims nothing for `settle` seconds, so that every other member (each
-notices the rollback too) deletes its ghosts before one can be claimed. Every
+member claims nothing for `settle` seconds, so that every other member that
+notices the rollback deletes its ghosts before one can be claimed. A member
+that lost no calls notices nothing: the incarnation gate (gate.py) keeps it,
+and everyone, from claiming until every member has reconciled. The orphan
+scan deletes, instead of requeueing, a record of a task that ended here. Every
 rollback is logged (ERROR), counted (``stats().redis_rollbacks``) and passed
 to the ``on_rollback`` hook as a `RollbackReport`.
 """
@@ -39,10 +42,10 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from .epoch import GroupScript
-from .store import Beat, GroupStore, StoredTask
+from .store import Beat, GroupStore, Released, StoredTask
 
 if TYPE_CHECKING:
-    from .records import Holdings
+    from .records import Holdings, Record
 
 __all__ = ["Rollback", "RollbackReport"]
 
@@ -138,6 +141,34 @@ class Rollback:
         """A task ended here (its release may yet be lost): remember it."""
         self._ended.append((task_id, token, self._store.epoch.answered))
 
+    def release_ended(self, orphans: list[str]) -> list[str]:
+        """Delete the orphaned records of tasks that ended here; return the other ids.
+
+        A task that ended while `recover` ran may have found no record (or
+        one taken from it) and left the group here, and then had its record
+        restored (or taken back) for it: requeued as an orphan, it would run
+        again, and nobody would be told.
+        """
+        ended: dict[str, list[str]] = {}
+        for task_id, token, _ in list(self._ended):  # list(): atomic
+            ended.setdefault(task_id, []).append(token)
+        rest = []
+        deleted = 0
+        for task_id in orphans:
+            tokens = ended.get(task_id, [])
+            if any(self._store.release(task_id, t) is Released.RELEASED for t in tokens):
+                deleted += 1
+            else:
+                rest.append(task_id)
+        if deleted:
+            logger.warning(
+                "group %r: %d records of tasks that had ended here were back after a "
+                "rollback; deleted",
+                self._group,
+                deleted,
+            )
+        return rest
+
     def recover(self, holdings: Holdings, beat: Beat) -> RollbackReport:
         """Reconcile the group with what this member knows (raises what the store raises)."""
         self._settle_until = time.monotonic() + self._settle
@@ -174,13 +205,8 @@ class Rollback:
                     for r in missing
                 ]
             )
-        # A task that ended here while this ran may have been released against
-        # the older state ("not yours"), then taken back: take it out again.
         # (One dropped before it started stays, for the orphan scan to requeue.)
-        done = {(task_id, token) for task_id, token, _ in list(self._ended)}  # list(): atomic
-        for rec in holdings.not_held(held):
-            if (rec.id, rec.token) in done:
-                self._store.release(rec.id, rec.token)
+        self._release_ended_meanwhile(holdings, held)
         dropped = 0
         if not covered:
             unknown = holdings.orphans(self._store.owned_ids())
@@ -222,6 +248,28 @@ class Rollback:
             except Exception:
                 logger.exception("group %r: the on_rollback hook failed", self._group)
         return report
+
+    def _release_ended_meanwhile(self, holdings: Holdings, held: list[Record]) -> None:
+        """Take out again the records of held tasks that ended while `recover` ran.
+
+        Such a task may have been released against the older state (no
+        record, or "not yours"), then recorded again or taken back here. It
+        is released once its worker has forgotten it, right after its
+        release's answer: until then that answer may still be on its way.
+        The wait is short and bounded; a release deferred (Redis failed it)
+        comes after the reconcile, and finds the record.
+        """
+        done = {(task_id, token) for task_id, token, _ in list(self._ended)}  # list(): atomic
+        waiting = [rec for rec in held if (rec.id, rec.token) in done]
+        deadline = time.monotonic() + self._settle / 4
+        while waiting:
+            gone = holdings.not_held(waiting)
+            for rec in gone:
+                self._store.release(rec.id, rec.token)
+            waiting = [rec for rec in waiting if rec not in gone and not rec.ending]
+            if not waiting or time.monotonic() >= deadline:
+                return
+            time.sleep(0.001)
 
     def _reconcile(self, entries: list[tuple[str, str, str]]) -> list[int]:
         codes: list[int] = []

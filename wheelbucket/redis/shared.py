@@ -196,6 +196,12 @@ class SharedBucket:
             settle=2 * self._heartbeat,
         )
         self._holdings = Holdings(bucket)
+        # After Redis became another server process, claim nothing before every
+        # member checked its epoch, nor for 2 heartbeats: a live member that is
+        # not in the registry heartbeats within them (gate.py).
+        self._store.gate.configure(
+            dead_after=dead_after_s, hold=2 * self._heartbeat, held=self._holdings.held
+        )
         self._pump = Pump(
             self._store,
             self._holdings,

@@ -23,9 +23,10 @@ Keys of group G (all share the hash tag {G}, so they live in one slot)::
     wb:{G}:exn           HASH   member -> the executor names it runs (space-separated)
     wb:{G}:ledger        STREAM every ending (optional)
     wb:{G}:ep:<member>   STRING the member's epoch: its script calls (epoch.py)
+    wb:{G}:run           HASH   the incarnation gate: id at open ok:<member> (gate.py)
 
 KEYS[1] of every script is the caller's epoch key (KEYS[2]: the task's record,
-if any); a Redis Cluster routes by them to the one node of the group's slot.
+if any, or the gate's: gate.py); a Redis Cluster routes by them to the group's slot.
 
 Channels: ``wb:{G}:wake`` (a task was queued), ``wb:{G}:wake:<member>``
 (a revocation for that member). Times are whole microseconds of the Redis
@@ -44,6 +45,7 @@ import redis
 
 from .epoch import Epoch, GroupScript, OwnLine
 from .errors import translating
+from .gate import RunGate, gate_source
 from .stats import GroupInfo
 
 __all__ = [
@@ -161,7 +163,7 @@ class ClaimReply(NamedTuple):
     tasks: list[Claimed]
     # A full batch of revocations came: there may be more.
     more_revocations: bool
-    # This member's epoch is behind (Redis lost writes): nothing was taken.
+    # Nothing was taken: the epoch is behind (Redis lost writes), or the gate waits for us.
     behind: bool = False
 
 
@@ -283,13 +285,14 @@ class GroupStore:
         # Answered script calls, against wb:{G}:ep:<member> (KEYS[1] of every script).
         self.epoch = Epoch()
         self._ep_key = self._prefix + "ep:" + member
+        self.gate = RunGate(self._prefix, group)  # claim, heartbeat, reap check it
 
         # Registering makes no round trip: each script is loaded on its first call.
         def script(name: str) -> GroupScript:
-            source = _PRELUDE + _source(name)
+            source = _PRELUDE + gate_source(name) + _source(name)
             if name in _OOM_OK:
                 source = "#!lua flags=allow-oom\n" + source
-            return GroupScript(client, source, self._ep_key, self.epoch)
+            return self.gate.script(client, name, source, self._ep_key, self.epoch)
 
         self._s_fill = script("fill")
         self._s_claim = script("claim")
@@ -528,7 +531,7 @@ class GroupStore:
         """Tell the group this member lives; read the group's nonce (made if missing)."""
         answered = self.epoch.answered  # all applied before this heartbeat
         now_us, nonce, was, epoch = self._s_heartbeat(
-            args=[self._prefix, self.member, secrets.token_hex(8)]
+            args=[self._prefix, self.member, secrets.token_hex(8), answered + 1]
         )
         return Beat(int(now_us), _text(nonce), bool(int(was)), int(epoch), answered + 1)
 

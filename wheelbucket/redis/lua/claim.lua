@@ -1,22 +1,31 @@
 -- One round of a member's pump: take up to `n` due tasks of its executors,
 -- and read the revocations (tasks taken away from it) waiting for it.
--- ARGV: P me n lookahead_us nctl least ex... (least: what this member's
--- epoch must be at least; behind it, Redis lost writes: epoch.py)
+-- ARGV: P me n lookahead_us nctl least ex... and the gate's three (gate.lua)
+-- (least: what this member's epoch must be at least; behind it, Redis lost
+-- writes: epoch.py)
 -- Returns {now, the earliest due time left in its queues (-1: none left),
--- the revocation entries "tok id", and the tasks taken, flat, each as
--- id tok typ due dl ex data doom ra ls}.
+-- the revocation entries "tok id", the tasks taken, flat, each as
+-- id tok typ due dl ex data doom ra ls, behind, run_id ('' if known_run)}.
+-- behind 1: nothing was taken until `me` heartbeats (and reconciles).
 local P, me = ARGV[1], ARGV[2]
 local n = tonumber(ARGV[3])
 -- Rolled back: take nothing (ghosts of tasks that ended) before reconciling.
 local behind = 0
 if epoch < tonumber(ARGV[6]) then n, behind = 0, 1 end
 local now = now_us()
+-- Redis is another server process (gate.lua): take nothing before every
+-- member has reconciled, which `me` does at its heartbeat.
+local run, at, open = incarnation(now)
+if not gate_open(now, at, open) then
+  n = 0
+  if redis.call('HEXISTS', KEYS[2], 'ok:' .. me) == 0 then behind = 1 end
+end
 local horizon = num(now + tonumber(ARGV[4]))
 local ctl = redis.call('LRANGE', P .. 'ctl:' .. me, 0, tonumber(ARGV[5]) - 1)
 local out = {}
 local taken = {}
 local nxt = -1
-for i = 7, #ARGV do
+for i = 7, #ARGV - 3 do
   local ex = ARGV[i]
   local q = P .. 'q:' .. ex
   if n > 0 then
@@ -55,4 +64,4 @@ end
 for i = 1, #taken, 1000 do
   redis.call('SADD', P .. 'by:' .. me, unpack(taken, i, math.min(i + 999, #taken)))
 end
-return {num(now), num(nxt), ctl, out, behind}
+return {num(now), num(nxt), ctl, out, behind, run_reply(run)}

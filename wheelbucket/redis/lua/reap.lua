@@ -2,11 +2,15 @@
 -- again. One that may have started (its start recorded: 'st') is queued
 -- doomed: whoever claims one ends it EXHAUSTED without running it. One that
 -- never started goes back in line at its due time and runs elsewhere.
--- ARGV: P me dead_after_us batch ttl
+-- ARGV: P me dead_after_us batch ttl, and the gate's three (gate.lua)
 -- Returns {tasks requeued, members gone from the group, of the tasks
--- requeued those that never started}.
+-- requeued those that never started, run_id ('' if known: gate.lua)}.
 local P, me = ARGV[1], ARGV[2]
 local now = now_us()
+-- Redis is another server process (gate.lua): its registry may be old, and
+-- a member reaped now would not be waited for; its ghosts would be queued.
+local run, at, open = incarnation(now)
+if not gate_open(now, at, open) then return {0, {}, 0, run_reply(run)} end
 local dead = redis.call('ZRANGEBYSCORE', P .. 'm', '-inf', num(now - tonumber(ARGV[3])),
                         'LIMIT', 0, 16)
 local batch = tonumber(ARGV[4])
@@ -45,4 +49,4 @@ for _, m in ipairs(dead) do
   end
 end
 if reaped > 0 then redis.call('PUBLISH', P .. 'wake', '') end
-return {reaped, gone, unstarted}
+return {reaped, gone, unstarted, run_reply(run)}
