@@ -87,3 +87,42 @@ def test_a_closed_bucket_refuses_the_batch(bucket: TaskBucket) -> None:
 def test_an_empty_batch_is_an_empty_list(bucket: TaskBucket) -> None:
     assert bucket.fill_many([]) == []
     assert bucket.fill_many(iter(())) == []
+
+
+def test_a_batch_gives_up_the_gil_once_not_once_per_item(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fill that finds due work starved (the oldest task queued for a worker
+    # is late) gives up the GIL (sleep(0)); a fill_many does so once, at its end.
+    import threading
+
+    import wheelbucket.bucket as bucket_module
+
+    release = threading.Event()
+
+    def block(ctx: object, task_id: str, data: object) -> None:
+        release.wait(10)
+
+    clock = FakeClock()
+    b = TaskBucket(executor=block, clock=clock, workers=1, max_bucket=100, life_span=60)
+    try:
+        b.fill(TaskType.IMMEDIATE, "busy")
+        while not b._core.pool.busy_count():  # the one worker runs it (and blocks)
+            threading.Event().wait(0.001)
+        b.fill(TaskType.IMMEDIATE, "waiting")  # queued behind it
+        clock.advance(0.01)  # ... and now late: due work is starved
+        sleeps: list[float] = []
+        monkeypatch.setattr(bucket_module, "_sleep", sleeps.append)
+        for i in range(3):
+            b.fill(TaskType.IMMEDIATE, f"one-{i}")
+        assert sleeps == [0, 0, 0]
+        sleeps.clear()
+        out = b.fill_many([(TaskType.IMMEDIATE, f"many-{i}") for i in range(5)])
+        assert all(isinstance(o, TaskHandle) for o in out)
+        assert sleeps == [0]
+        sleeps.clear()
+        b.fill(TaskType.IMMEDIATE, "after")  # fill is itself again
+        assert sleeps == [0]
+    finally:
+        release.set()
+        b.close(wait=False)

@@ -37,7 +37,7 @@ from typing import Any
 from ._log import logger, safe_repr
 from .task import QUEUED, Task, TaskContext
 
-__all__ = ["AsyncRunner", "require_uvloop"]
+__all__ = ["AsyncRunner", "in_own_thread", "require_uvloop"]
 
 RunTask = Callable[[Task, "set[asyncio.Task[Any]]"], Coroutine[Any, Any, None]]
 
@@ -540,3 +540,33 @@ class LoopRunner(AsyncRunner):
             self._pending.clear()
         for fallback in leftovers:
             fallback()
+
+
+async def in_own_thread(call: Callable[[], None], name: str) -> None:
+    """Run `call` on a thread of its own and await it, never blocking the running loop.
+
+    Its exception is raised here. Cancelling the awaiting coroutine does not
+    stop `call` (a close goes on); the loop closing meanwhile is no error.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            call()
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    await asyncio.shield(done)

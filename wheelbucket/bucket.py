@@ -8,7 +8,6 @@ the timing wheel, and the worker pool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import math
@@ -18,6 +17,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ._aio import in_own_thread
 from ._args import (
     MAX_DURATION,
     close_timeout,
@@ -41,6 +41,7 @@ EXTRA_WORKERS_PER_WORKER = 4
 
 _ceil = math.ceil
 _sleep = time.sleep
+get_ident = threading.get_ident
 # How late the scheduler or the oldest queued task may be before fill()
 # yields the GIL to them (see the end of TaskBucket.fill).
 STARVED_NS = 2_000_000
@@ -161,6 +162,10 @@ class TaskBucket:
         self._last_plan: weakref.ref[HookPlan] | Callable[[], None] = _no_plan
         self._verbose = verbose
         self._log_level = logging.INFO if verbose else logging.DEBUG
+        # The thread in fill_many (its fills yield once per batch), and
+        # whether one of them found due work starved.
+        self._batching = 0
+        self._starved = False
         self._clock_ns = clock.monotonic_ns
         for arg, value, top in (("wheel_bits", wheel_bits, 16), ("wheel_levels", wheel_levels, 64)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -341,16 +346,24 @@ class TaskBucket:
         # while this thread does not, so a program that fills flat out starves
         # its own timers. When the scheduler oversleeps its deadline, or the
         # oldest task queued for a worker is late, give up the GIL once: never
-        # a wait on a lock or a task, at most one thread switch.
+        # a wait on a lock or a task, at most one thread switch. A fill_many
+        # does so once per batch, not once per item (see there).
         if task_type is _TIME_BOMB:
             # The wheel files it at its due time.
             if self._submit_timer(task_id, rec, due, now - STARVED_NS):
-                _sleep(0)
+                self._yield_once()
         else:
             core.submit(task, due + life)
             if core.sched.late(now - STARVED_NS):
-                _sleep(0)
+                self._yield_once()
         return handle
+
+    def _yield_once(self) -> None:
+        """Give up the GIL to starved due work, unless this thread is in a fill_many."""
+        if self._batching != get_ident():
+            _sleep(0)
+        else:
+            self._starved = True
 
     def fill_many(self, items: Iterable[object]) -> list[TaskHandle | BaseException | None]:
         """`fill` each item in order; an outcome per item, and never a partial refusal.
@@ -367,15 +380,26 @@ class TaskBucket:
         """
         fill = self.fill
         out: list[TaskHandle | BaseException | None] = []
-        for item in items:
-            try:
-                out.append(fill(**fill_item(item)))
-            except BucketFull:  # noqa: PERF203 - an outcome per item, on purpose
-                out.append(None)
-            except BucketClosed:
-                raise
-            except Exception as exc:  # that item's refusal: the others go on
-                out.append(exc)
+        # The items' fills do not give up the GIL each (see fill): the batch
+        # does, once, at its end, if any of them found due work starved.
+        # Another thread's fill_many meanwhile takes the mark: then this one
+        # yields per item, as fill does. A heuristic either way.
+        outer, self._batching, self._starved = self._batching, get_ident(), False
+        try:
+            for item in items:
+                try:
+                    out.append(fill(**fill_item(item)))
+                except BucketFull:  # noqa: PERF203 - an outcome per item, on purpose
+                    out.append(None)
+                except BucketClosed:
+                    raise
+                except Exception as exc:  # that item's refusal: the others go on
+                    out.append(exc)
+        finally:
+            self._batching = outer
+        if self._starved:
+            self._starved = False
+            _sleep(0)
         return out
 
     def drain(self, task_id: str) -> None:
@@ -487,28 +511,10 @@ class TaskBucket:
         meantime. Cancelling the awaiting coroutine does not stop the close.
         """
         timeout = close_timeout(wait, timeout, rescue)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def settle(error: BaseException | None) -> None:
-            if done.cancelled():
-                return
-            if error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(error)
-
-        def close() -> None:
-            error: BaseException | None = None
-            try:
-                self.close(wait=wait, timeout=timeout, rescue=rescue)
-            except BaseException as exc:
-                error = exc
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(settle, error)
-
-        threading.Thread(target=close, name=f"{self._core.name}-aclose", daemon=True).start()
-        await asyncio.shield(done)
+        await in_own_thread(
+            lambda: self.close(wait=wait, timeout=timeout, rescue=rescue),
+            f"{self._core.name}-aclose",
+        )
 
     async def __aenter__(self) -> TaskBucket:
         return self

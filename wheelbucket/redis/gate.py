@@ -143,7 +143,7 @@ class GatedScript(GroupScript):
         self._gate = gate
 
     def __call__(
-        self, keys: Sequence[str] = (), args: Sequence[Any] = (), client: Any = None
+        self, keys: Sequence[str | bytes] = (), args: Sequence[Any] = (), client: Any = None
     ) -> Any:
         if client is not None:
             raise TypeError("a gated script is not pipelined: its reply names the server")

@@ -4,7 +4,7 @@ A member holds tasks it has not started yet: claimed ahead of its workers, or
 filled here. If it dies, or closes, before they start, the group gives them
 to another member instead of ending them. For that the group must know which
 held tasks have started, so each start is recorded in Redis *before*
-``on_execute`` begins (START, lua/start.lua):
+``on_execute`` begins (START, in lua/step.lua):
 
 - a reaper (lua/reap.lua) queues the tasks of a dead member that bear the
   mark *doomed*: they may have started, so they end EXHAUSTED on a survivor
@@ -22,7 +22,7 @@ waiting behind it in one round trip (flat combining, no extra thread).
 
 Keys (besides those of store.py): ``st`` in a task's hash (its start was
 recorded), and ``wb:{G}:counts`` (HASH: ``queued``, ``started``: the
-EXHAUSTED endings marked so, counted by lua/release.lua).
+EXHAUSTED endings marked so, counted by lua/step.lua).
 
 `StartBook` is what the shared executors call before a start; `HandbackStore`
 holds the two protocol steps (START and HANDBACK), as `GroupStore` holds the
@@ -36,9 +36,7 @@ import contextvars
 import inspect
 import logging
 import math
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -105,12 +103,12 @@ class HandbackStore:
             source = "#!lua flags=allow-oom\n" + _PRELUDE + _source(name)
             return GroupScript(client, source, ep_key, store.epoch)
 
-        self._s_start = script("start")
         self._s_handback = script("handback")
+        self._step = store.step
 
     def start_many(self, tasks: Sequence[tuple[str, str]]) -> list[int]:
         """Record that each (id, token) held here starts now: STARTED, TAKEN or UNKNOWN each."""
-        return self._batch(self._s_start, tasks)
+        return self._step((), tasks) if tasks else []
 
     def hand_back_many(self, tasks: Sequence[tuple[str, str, int, int]]) -> list[int]:
         """Queue again each (id, token, delay_us, span_us) held here that never started.
@@ -141,22 +139,13 @@ class HandbackStore:
         return [int(status) for status in script(keys=keys, args=args)]
 
 
-class _Ask:
-    """One worker's request to record a start, and its answer."""
-
-    __slots__ = ("error", "rec", "status")
-
-    def __init__(self, rec: Record) -> None:
-        self.rec = rec
-        self.status: int | None = None
-        self.error: BaseException | None = None
-
-
 class StartBook:
     """Records each start of a shared task in Redis before its ``on_execute`` begins.
 
     Args:
-        store: the START step.
+        store: the START step, for `record_again`.
+        start: ``start(id, token)``: one START, sent with those of the
+            other workers (`link.Link.start`): STARTED, TAKEN or UNKNOWN.
         revoke: ``revoke(rec)``: `rec` was taken from this process.
         note_error: ``note_error(exc)``: a Redis call failed (the pump's).
         heartbeat: seconds; the longest wait between two tries while Redis fails.
@@ -165,20 +154,17 @@ class StartBook:
     def __init__(
         self,
         store: HandbackStore,
+        start: Callable[[str, str], int],
         revoke: Callable[[Record], None],
         note_error: Callable[[BaseException], None],
         heartbeat: float,
     ) -> None:
         self._store = store
+        # One start, sent with those of the other workers (link.py).
+        self._start = start
         self._revoke = revoke
         self._note_error = note_error
         self._heartbeat = heartbeat
-        # The starts waiting to be sent: appended by workers, taken by the
-        # worker that holds _lock (deque append/popleft are atomic).
-        self._asks: deque[_Ask] = deque()
-        # Held by the one worker sending a batch; the others queue behind it
-        # and find their start sent, or send the next batch.
-        self._lock = threading.Lock()
 
     def may_start(self, rec: Record, ctx: TaskContext) -> bool:
         """Record `rec`'s start in Redis; True if its ``on_execute`` may begin.
@@ -198,7 +184,7 @@ class StartBook:
         backoff = _FIRST_BACKOFF
         while True:
             try:
-                status = self._record(rec)
+                status = self._start(rec.id, rec.token)
             except REDIS_FAILED as exc:
                 self._note_error(exc)
                 if ctx.wait(backoff):
@@ -217,26 +203,6 @@ class StartBook:
         started = [(r.id, r.token) for r in recs if r.started]
         for i in range(0, len(started), START_BATCH):
             self._store.start_many(started[i : i + START_BATCH])
-
-    def _record(self, rec: Record) -> int:
-        ask = _Ask(rec)
-        self._asks.append(ask)
-        with self._lock:
-            # Sent by the worker before us, or ours to send with those behind us.
-            while ask.status is None and ask.error is None:
-                batch = [self._asks.popleft() for _ in range(min(len(self._asks), START_BATCH))]
-                try:
-                    statuses = self._store.start_many([(a.rec.id, a.rec.token) for a in batch])
-                except REDIS_FAILED as exc:
-                    for a in batch:
-                        a.error = exc
-                else:
-                    for a, status in zip(batch, statuses, strict=True):
-                        a.status = status
-        if ask.error is not None:
-            raise ask.error
-        assert ask.status is not None
-        return ask.status
 
 
 # -- the survivor's side of a task that had started --------------------------------------

@@ -32,8 +32,9 @@ class SharedExecutor:
         plan: the user's executor, resolved.
         doomed: for tasks past their life span, which must end EXHAUSTED
             without running.
-        end: ``end(rec, ending)`` takes the task out of the group; True if
-            this process still held it (then the user's hook runs).
+        end: ``end(rec, ending, wait)`` takes the task out of the group;
+            True if this process still held it (then the user's hook runs).
+            Without `wait`, when there is no hook, it does not wait to know.
         may_start: ``may_start(rec, ctx)``: records the start in Redis; False
             if the task was taken from this process or cancelled meanwhile (it
             may block, and runs on a thread for an async ``on_execute``).
@@ -44,7 +45,7 @@ class SharedExecutor:
         plan: HookPlan,
         *,
         doomed: bool,
-        end: Callable[[Record, str], bool],
+        end: Callable[[Record, str, bool], bool],
         may_start: Callable[[Record, TaskContext], bool],
     ) -> None:
         self.user = plan.executor
@@ -83,10 +84,17 @@ class SharedExecutor:
         def ending_hook(name: str, ending: str) -> Callable[..., Any]:
             user_hook = getattr(plan, name)
 
-            def hook(ctx: TaskContext, task_id: str, rec: Record, *extra: Any) -> Any:
-                if end(rec, ending) and user_hook is not None:
-                    return user_hook(ctx, task_id, rec.data, *extra)
-                return None
+            if user_hook is None:  # no hook waits for the release (Link.release_later)
+
+                def hook(ctx: TaskContext, task_id: str, rec: Record, *extra: Any) -> Any:
+                    end(rec, ending, False)
+
+            else:
+
+                def hook(ctx: TaskContext, task_id: str, rec: Record, *extra: Any) -> Any:
+                    if end(rec, ending, True):
+                        return user_hook(ctx, task_id, rec.data, *extra)
+                    return None
 
             hook.__name__ = name
             return hook

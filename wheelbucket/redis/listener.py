@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any, cast
+
+import redis
 
 from .errors import UNREACHABLE
-from .store import Subscription
+from .store import _text
 
-__all__ = ["Listener"]
+__all__ = ["Listener", "Subscription"]
 
 logger = logging.getLogger("wheelbucket.redis")
 
@@ -84,3 +88,27 @@ class Listener:
                 backoff = min(backoff * 2, self._heartbeat)
         if subscription is not None:
             subscription.close()
+
+
+class Subscription:
+    """A member's subscription to the group's wake channel and its own (`GroupStore.channels`)."""
+
+    def __init__(self, client: redis.Redis, wake_channel: str, my_channel: str) -> None:
+        self._my_channel = my_channel
+        self._pubsub: Any = cast(Any, client).pubsub(ignore_subscribe_messages=True)
+        try:
+            self._pubsub.subscribe(wake_channel, my_channel)
+        except BaseException:
+            self.close()
+            raise
+
+    def get(self, timeout: float) -> bool | None:
+        """Wait up to `timeout` for news: None if none came, True if it is for this member."""
+        message = self._pubsub.get_message(timeout=timeout)
+        if message is None:
+            return None
+        return _text(message["channel"]) == self._my_channel
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # it is going away either way
+            self._pubsub.close()

@@ -18,18 +18,20 @@ import math
 import threading
 import time
 from collections.abc import Mapping
+from functools import partial
 
 from .._log import safe_repr
 from ..bucket import TaskBucket
 from ..executor import HookPlan
-from ..task import TaskContext, TaskType
+from ..task import TaskContext
+from .claiming import Placer
 from .errors import REDIS_FAILED, UNREACHABLE
-from .handback import HandbackStore, StartBook, hand_back, started_executors
+from .handback import HandbackStore, StartBook, hand_back
 from .hooks import SharedExecutor
+from .link import LINGER, Link
 from .records import Holdings, Record
-from .releasing import ReleaseBatcher
 from .rollback import Rollback
-from .serializer import Serializer, decode
+from .serializer import Serializer
 from .store import Claimed, GroupStore, Released, StoredTask
 from .streak import FailureStreak
 
@@ -42,13 +44,15 @@ logger = logging.getLogger("wheelbucket.redis")
 _LEASE = 0.8
 # How often the pump looks for orphaned records unprompted, in dead_after periods.
 _SCAN_PERIODS = 30
-# The life span given to a task that is already past its deadline when it
-# is claimed: it ends EXHAUSTED on the first tick of the local wheel.
-_DOOMED_SPAN = 1e-6
 # The first wait before retrying Redis after an error; it doubles up to a heartbeat.
 _FIRST_BACKOFF = 0.05
 # How soon to look again at a queue whose due tasks could not all be taken.
 _LOOK_AGAIN = 0.05
+# While due tasks wait in Redis for room here, the room that endings free is
+# claimed when half a batch is free, or this long (seconds) after the first
+# ending: a full member makes one claim per many endings, not one each, and
+# a member full of timers that are not due yet still claims its few slots.
+_GATHER = 0.05
 _INF = math.inf
 
 
@@ -93,33 +97,37 @@ class Pump:
         self._heartbeat = heartbeat
         self._dead_after = dead_after
         self._claim_batch = claim_batch
+        # Room worth a claim at once while a backlog waits (see _GATHER).
+        self._worth_claiming = max(1, min(claim_batch, bucket.max_bucket) // 2)
         self._claiming = claiming
         # Starts are recorded before they happen; close hands back the rest (handback.py).
         self._handback = HandbackStore(store)
-        self._starts = StartBook(self._handback, holdings.revoke, self.note_error, heartbeat)
-        # Endings that come together share a round trip (releasing.py).
-        self._releases = ReleaseBatcher(store.release, store.release_many)
+        # Starts and releases that come together share a round trip (link.py).
+        self._link = Link(store.step, self._linger)
+        # When the pump sends the releases nobody waits for (monotonic; inf: none queued).
+        self._next_flush = _INF
+        self._starts = StartBook(
+            self._handback, self._link.start, holdings.revoke, self.note_error, heartbeat
+        )
         # Local slots that fills in flight will take: a claim leaves them free.
         self._reserved = 0
         self._reserve_lock = threading.Lock()
-        # Per executor name: that of tasks that had started on a member that died.
-        self._started_executors = started_executors(
+        # Claimed tasks into the local bucket, with the shared executors (claiming.py).
+        self._placer = Placer(
             plans,
-            lambda plan: SharedExecutor(plan, doomed=True, end=self.end, may_start=self.may_start),
+            holdings,
+            serializer,
+            lambda plan, doomed: SharedExecutor(
+                plan, doomed=doomed, end=self.end, may_start=self.may_start
+            ),
         )
-        # Per executor name: the executor of normal tasks, and of doomed ones.
-        self._executors = {
-            name: (
-                SharedExecutor(plan, doomed=False, end=self.end, may_start=self.may_start),
-                SharedExecutor(plan, doomed=True, end=self.end, may_start=self.may_start),
-            )
-            for name, plan in plans.items()
-        }
         self._names = sorted(plans)
         self._stopping = False
         self._wake = threading.Event()
         # Due tasks wait in Redis for room here: a task ending here wakes the pump.
         self._backlog = False
+        # A claim for room freed by endings is due at _next_claim (see _room_freed).
+        self._gathering = False
         self._maybe_orphans = False
         self._online = True
         self._connected_since = time.monotonic()
@@ -151,7 +159,7 @@ class Pump:
 
     def executor_for(self, name: str) -> SharedExecutor:
         """The executor the local bucket runs a shared task of executor `name` with."""
-        return self._executors[name][0]
+        return self._placer.executor_for(name)
 
     @property
     def connected(self) -> bool:
@@ -196,9 +204,24 @@ class Pump:
     def heard(self, urgent: bool) -> None:
         """The listener heard news: for this process (`urgent`), or a task was queued."""
         if urgent or self.room():
-            self._wake.set()
+            self._claim_now()
         else:
             self._backlog = True
+
+    def _claim_now(self) -> None:
+        """Have the pump claim (and read revocations) at once."""
+        self._next_claim = 0.0
+        self._wake.set()
+
+    def _room_freed(self) -> None:
+        """Room freed while due tasks wait in Redis: claim now, or gather (_GATHER)."""
+        room = self.room()
+        if room >= self._worth_claiming:
+            self._claim_now()
+        elif room and not self._gathering:
+            self._gathering = True
+            self._next_claim = min(self._next_claim, time.monotonic() + _GATHER)
+            self._wake.set()  # the pump waits until the new _next_claim
 
     def stop_claiming(self) -> None:
         """From now on the pump claims nothing (close has begun)."""
@@ -219,10 +242,13 @@ class Pump:
 
     # -- endings (on a worker) ----------------------------------------------------
 
-    def end(self, rec: Record, ending: str) -> bool:
+    def end(self, rec: Record, ending: str, wait: bool = True) -> bool:
         """A shared task ended here: take it out of the group. True: run its hook.
 
-        Called from the shared executors' ending hooks (on a worker) and from drain.
+        Called from the shared executors' ending hooks (on a worker) and from
+        drain. Without `wait` (the ending has no hook to run), a claimed
+        task's release is queued to go with the next step of any worker
+        (`Link.release_later`): its answer matters to the pump's records only.
         """
         if rec.revoked:
             self._forget(rec)
@@ -231,10 +257,13 @@ class Pump:
             self._rollback.ended(rec.id, rec.token)  # before its release can be lost
         if rec.mark and ending == "exhausted":
             self._holdings.count_marked(rec.mark)
-            ending = "exhausted:" + rec.mark  # counted and marked in Redis (release.lua)
+            ending = "exhausted:" + rec.mark  # counted and marked in Redis (step.lua)
+        if self._online and not wait and rec.claimed:  # no user's handle here waits for it
+            self._link.release_later(rec.id, rec.token, ending, partial(self._later, rec, ending))
+            return True
         if self._online:
             try:
-                status = self._releases.release(rec.id, rec.token, ending)
+                status = self._link.release(rec.id, rec.token, ending)
             except REDIS_FAILED as exc:
                 self.note_error(exc)
             else:
@@ -245,6 +274,24 @@ class Pump:
         rec.ending = ending
         self._holdings.defer_release(rec)
         return True
+
+    def _later(self, rec: Record, ending: str, status: Released | None, exc: object) -> None:
+        """The answer to a release nobody waited for (on the thread that sent it)."""
+        if status is not None:
+            self._released(rec, status)
+            return
+        if isinstance(exc, REDIS_FAILED):
+            self.note_error(exc)
+        else:
+            logger.error("a release of task %s failed: %r", safe_repr(rec.id), exc)
+        rec.ending = ending  # the pump tries again, backing off
+        self._holdings.defer_release(rec)
+
+    def _linger(self) -> None:
+        """A release nobody waits for is queued: the pump sends it within LINGER."""
+        if self._next_flush == _INF:
+            self._next_flush = time.monotonic() + LINGER
+            self._wake.set()
 
     def may_start(self, rec: Record, ctx: TaskContext) -> bool:
         """May `rec`'s on_execute start? Its start is recorded in Redis first (`StartBook`)."""
@@ -267,7 +314,7 @@ class Pump:
         """`rec` has left the group; a claim may use its room."""
         self._holdings.forget(rec, revoke=revoke)
         if self._backlog:
-            self._wake.set()
+            self._room_freed()
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -283,16 +330,24 @@ class Pump:
         while True:
             now = time.monotonic()
             target = retry_at if not self._online else min(next_beat, self._next_claim)
+            target = min(target, self._next_flush)
             if target > now:
                 self._wake.wait(target - now)
             self._wake.clear()
             if self._stopping:
                 break
             now = time.monotonic()
+            if now >= self._next_flush:  # what no worker's step took along (link.py)
+                self._next_flush = _INF  # from now on a queued release lingers anew
+                wait = self._link.flush(young=False)
+                if wait is not None:
+                    self._next_flush = min(self._next_flush, now + wait)
             if now < retry_at and not (self._online and now >= next_beat):
                 continue
             try:
-                if not self._online or now >= next_beat:
+                # A heartbeat's round claims too; else only a claim that is due.
+                beat = not self._online or now >= next_beat
+                if beat:
                     self._beat(reap=True)
                     next_beat = time.monotonic() + self._heartbeat
                 if self._holdings.has_unreleased:
@@ -300,7 +355,8 @@ class Pump:
                 if self._maybe_orphans or now >= next_scan:
                     self._scan_orphans()
                     next_scan = time.monotonic() + _SCAN_PERIODS * self._dead_after
-                self._round()
+                if beat or now >= self._next_claim:
+                    self._round()
             except Exception as exc:  # Redis down, an error reply, or a bug: back off
                 if isinstance(exc, REDIS_FAILED):
                     self.note_error(exc)
@@ -314,6 +370,7 @@ class Pump:
                 if self._streak.failures:
                     self._streak.recovered()
         # Last releases before the sweep in close().
+        self._link.flush()
         try:
             if self._holdings.has_unreleased:
                 self._flush_releases()
@@ -431,10 +488,11 @@ class Pump:
         with self._reserve_lock:
             self._reserved -= n
         if self._backlog:  # due tasks wait for room: a slot left unused is room
-            self._wake.set()
+            self._room_freed()
 
     def _round(self) -> None:
         """Claim what fits, apply revocations, and decide when to look again."""
+        self._gathering = False
         room = self.room()
         lookahead_us = round(self._heartbeat * 1e6)
         claim = self._store.claim(room, lookahead_us, self._names)
@@ -462,68 +520,25 @@ class Pump:
                 # may not take: look again a little later, not in a loop.
                 self._next_claim = time.monotonic() + min(_LOOK_AGAIN, self._heartbeat)
             else:
-                self._next_claim = 0.0 if self.room() else _INF
+                room = self.room()
+                if room >= self._worth_claiming:
+                    self._next_claim = 0.0
+                elif room:  # a few slots: gather the endings of the next moments
+                    self._gathering = True
+                    self._next_claim = time.monotonic() + _GATHER
+                else:
+                    self._next_claim = _INF
         else:
             self._backlog = False
             self._next_claim = time.monotonic() + (nxt - lookahead_us - now) / 1e6
         if claim.more_revocations:
             self._next_claim = 0.0
+        elif self._gathering:  # room freed by endings during this round (_room_freed)
+            self._next_claim = min(self._next_claim, time.monotonic() + _GATHER)
 
     def _take(self, now_us: int, tasks: list[Claimed]) -> int:
         """Put claimed tasks into the local bucket; hand back (and count) what does not fit."""
-        back: list[Record] = []
-        for task in tasks:
-            data, error = decode(self._serializer, task.id, task.payload)
-            rec = Record(
-                task.id,
-                task.token,
-                data,
-                task.typ,
-                task.due,
-                task.dl,
-                task.ex,
-                task.payload,
-                task.ra,
-                task.ls,
-            )
-            rec.error = error
-            due_us, dl_us = int(rec.due), int(rec.dl)
-            normal, doomed_executor = self._executors[rec.ex]
-            if task.doomed or dl_us <= now_us:
-                # Doomed in Redis: it had started on a member that died (reap.lua).
-                rec.mark = "started" if task.doomed else "queued"
-                if task.doomed:
-                    doomed_executor = self._started_executors[rec.ex]
-                placed = self._holdings.place_claimed(
-                    rec,
-                    doomed_executor,
-                    TaskType.IMMEDIATE,
-                    run_after=None,
-                    life_span=_DOOMED_SPAN,
-                    doomed=True,
-                )
-            elif due_us > now_us or rec.typ == "t":
-                # A TIME_BOMB claimed late is placed as one all the same (due
-                # at once), so that a reset sends it back to waiting (SPEC).
-                placed = self._holdings.place_claimed(
-                    rec,
-                    normal,
-                    TaskType.TIME_BOMB,
-                    run_after=max(0, due_us - now_us) / 1e6,
-                    life_span=(dl_us - now_us) / 1e6,
-                    doomed=False,
-                )
-            else:
-                placed = self._holdings.place_claimed(
-                    rec,
-                    normal,
-                    TaskType.IMMEDIATE,
-                    run_after=None,
-                    life_span=(dl_us - now_us) / 1e6,
-                    doomed=False,
-                )
-            if not placed:
-                back.append(rec)
+        back = self._placer.place(now_us, tasks)
         if back:
             self._store.requeue_many((rec.id, rec.token) for rec in back)
         return len(back)
@@ -535,6 +550,7 @@ class Pump:
 
         Called once the thread has ended; retries for a while if Redis is unreachable.
         """
+        self._link.flush()  # the endings' releases that are still queued
         recs = self._holdings.take_for_sweep()
         if not recs:
             return

@@ -18,13 +18,17 @@ from typing import Any
 
 from .._log import safe_repr
 from ..bucket import TaskBucket
-from ..errors import BucketClosed, BucketFull, TaskExists, TaskNotFound
+from ..errors import BucketClosed, BucketFull, TaskNotFound
 from ..stats import BucketStats
 from ..task import TaskHandle, TaskState, TaskType
 from .errors import TaskOutOfReach
 from .stats import SharedStats
 
 __all__ = ["Holdings", "Record"]
+
+# A claimed task to place: its record, executor, type, run-after and life
+# span (seconds, local), and whether it is doomed (ends EXHAUSTED at once).
+Placement = tuple["Record", object, TaskType, "float | None", float, bool]
 
 
 class Record:
@@ -215,35 +219,52 @@ class Holdings:
             self._filled_local += 1
             return handle
 
-    def place_claimed(
-        self,
-        rec: Record,
-        executor: object,
-        task_type: TaskType,
-        *,
-        run_after: float | None,
-        life_span: float,
-        doomed: bool,
-    ) -> bool:
-        """Put a task claimed from the group into the local bucket; False if it does not fit."""
+    def place_claimed(self, placements: Sequence[Placement]) -> list[Record]:
+        """Put tasks claimed from the group into the local bucket; the records that do not fit.
+
+        One `TaskBucket.fill_many` for them all, under the lock: the pump
+        placing a claim gives up the GIL once, not once per task.
+        """
         with self._lock:
-            if rec.id in self._local:
-                return False
-            self._local[rec.id] = rec
-            try:
-                handle = self._bucket.fill(
-                    task_type, rec.id, rec, executor, run_after=run_after, life_span=life_span
+            local = self._local
+            items = []
+            new = []
+            back = []
+            for rec, executor, task_type, run_after, life_span, doomed in placements:
+                if rec.id in local:
+                    back.append(rec)
+                    continue
+                local[rec.id] = rec
+                rec.doomed = doomed
+                # Before it is live: a worker may run it to its end before
+                # fill_many returns, and its ending reads the mark (Pump.end).
+                rec.claimed = True
+                new.append(rec)
+                items.append(
+                    {
+                        "task_type": task_type,
+                        "task_id": rec.id,
+                        "data": rec,
+                        "executor": executor,
+                        "run_after": run_after,
+                        "life_span": life_span,
+                    }
                 )
-            except (BucketFull, BucketClosed, TaskExists, ValueError):
-                del self._local[rec.id]
-                return False
-            rec.handle = handle
-            rec.claimed = True
-            rec.doomed = doomed
-            self._claimed += 1
-            if doomed:
-                self._exhausted_on_claim += 1
-            return True
+            try:
+                outcomes: list[object] = list(self._bucket.fill_many(items))
+            except BucketClosed:  # those filled before close began are live here
+                outcomes = [self._bucket.get(rec.id) for rec in new]
+            for rec, outcome in zip(new, outcomes, strict=True):
+                if isinstance(outcome, TaskHandle):
+                    rec.handle = outcome
+                    self._claimed += 1
+                    if rec.doomed:
+                        self._exhausted_on_claim += 1
+                else:  # full, closed, or refused (TaskExists, ValueError)
+                    rec.claimed = False
+                    del local[rec.id]
+                    back.append(rec)
+            return back
 
     def drain_here(self, task_id: str) -> Record | None:
         """Drain `task_id` from the local bucket if this process holds it: its record.

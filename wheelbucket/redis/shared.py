@@ -35,7 +35,7 @@ from .connect import connect, durable_fills
 from .errors import REDIS_FAILED, UNREACHABLE, TaskOutOfReach
 from .handback import HandbackStore
 from .helpers import _plan, _reset_refused, _seconds
-from .listener import Listener
+from .listener import Listener, Subscription
 from .placing import Filler
 from .pump import Pump
 from .records import Holdings
@@ -229,7 +229,10 @@ class SharedBucket:
             life_span_ns=self._life_span_ns,
         )
         self._listener = Listener(
-            self._store.subscribe, self._pump.heard, group=group, heartbeat=self._heartbeat
+            lambda: Subscription(self._redis, *self._store.channels()),
+            self._pump.heard,
+            group=group,
+            heartbeat=self._heartbeat,
         )
         # Orders close() against close(); never held across a call.
         self._close_lock = threading.Lock()
@@ -477,6 +480,7 @@ class SharedBucket:
                 self._store.leave()
             except UNREACHABLE as exc:
                 logger.warning("group %r: could not leave cleanly: %s", self.group, exc)
+            self._store.hang_up()
             self._listener.join(self._heartbeat + 5.0)
             if self._own_client:
                 self._redis.close()

@@ -35,16 +35,15 @@ server's clock (TIME), so that deadlines mean the same in every process.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import redis
 
-from .epoch import Epoch, GroupScript
+from .epoch import Epoch, GroupScript, OwnLine
 from .errors import translating
 from .gate import RunGate, gate_source
 from .stats import GroupInfo
@@ -65,7 +64,6 @@ __all__ = [
     "Reset",
     "ResetReply",
     "StoredTask",
-    "Subscription",
 ]
 
 # Revocations (drain requests) fetched per claim.
@@ -77,6 +75,8 @@ CTL_TTL = 3600
 REAP_BATCH = 1000
 # Tasks per script call of fill_many: about 5 ms of Redis time for no-op tasks.
 FILL_CHUNK = 2000
+# Tasks per step at most (Lua's unpack() of a step's releases takes < 8000).
+STEP_CHUNK = 1000
 
 
 def _source(name: str) -> str:
@@ -93,7 +93,7 @@ _PRELUDE = _source("prelude")
 # one or keeps a member alive, so they keep the group going and free memory.
 # The fills (and restore, reset) are refused with an OOM error, which reaches
 # their caller as a RedisServerError. Needs Redis 7 (script flags).
-_OOM_OK = frozenset({"heartbeat", "claim", "release", "drain", "reap", "leave", "requeue", "names"})
+_OOM_OK = frozenset({"heartbeat", "claim", "step", "drain", "reap", "leave", "requeue", "names"})
 
 
 def _text(value: Any) -> str:
@@ -296,7 +296,10 @@ class GroupStore:
 
         self._s_fill = script("fill")
         self._s_claim = script("claim")
-        self._s_release = script("release")
+        self._s_step = script("step")
+        # The step of the workers, on a connection of its own where it can be.
+        self._step_line = OwnLine.for_client(self._s_step, client)
+        self._encode: Callable[[str], bytes] = client.get_encoder().encode
         self._s_drain = script("drain")
         self._s_reset = script("reset")
         self._s_requeue = script("requeue")
@@ -409,21 +412,15 @@ class GroupStore:
         for entry in ctl:
             token, _, task_id = _text(entry).partition(" ")
             revocations.append((token, task_id))
-        tasks = [
-            Claimed(
-                _text(items[i]),
-                _text(items[i + 1]),
-                _text(items[i + 2]),
-                _text(items[i + 3]),
-                _text(items[i + 4]),
-                _text(items[i + 5]),
-                items[i + 6],
-                _text(items[i + 7]) == "1",
-                _text(items[i + 8]),
-                _text(items[i + 9]),
-            )
-            for i in range(0, len(items), len(Claimed._fields))
-        ]
+        # 10 fields a task: all str, but the data (6), as the client gives it.
+        tasks = []
+        for i in range(0, len(items), 10):
+            t = [
+                v.decode() if type(v) is bytes and k != 6 else v
+                for k, v in enumerate(items[i : i + 10])
+            ]
+            t[7] = t[7] == "1"
+            tasks.append(Claimed._make(t))
         more = len(revocations) >= CTL_BATCH
         return ClaimReply(int(now_us), int(next_us), revocations, tasks, more, bool(behind))
 
@@ -440,27 +437,40 @@ class GroupStore:
 
         `ending` ('finished', 'drained'...) goes to the ledger; '' writes none.
         """
-        return Released(
-            int(
-                self._s_release(
-                    keys=[self._prefix + "t:" + task_id],
-                    args=[self._prefix, self.member, task_id, token, ending, self._ledger],
-                )
-            )
-        )
+        return Released(self.step([(task_id, token, ending)], ())[0])
 
     def release_many(self, endings: Sequence[tuple[str, str, str]]) -> list[Released]:
-        """`release` for each (id, token, ending), in one round trip."""
-        pipe = self._redis.pipeline(transaction=False)
-        for task_id, token, ending in endings:
-            self._s_release(
-                keys=[self._prefix + "t:" + task_id],
-                args=[self._prefix, self.member, task_id, token, ending, self._ledger],
-                client=pipe,
-            )
-        replies = pipe.execute()
-        self.epoch.count(len(replies))
-        return [Released(int(status)) for status in replies]
+        """`release` for each (id, token, ending): a round trip per STEP_CHUNK of them."""
+        return [
+            Released(status)
+            for i in range(0, len(endings), STEP_CHUNK)
+            for status in self.step(endings[i : i + STEP_CHUNK], ())
+        ]
+
+    def step(
+        self, releases: Sequence[tuple[str, str, str]], starts: Sequence[tuple[str, str]]
+    ) -> list[int]:
+        """Release each (id, token, ending) and record the start of each (id, token), at once.
+
+        One round trip (lua/step.lua); the statuses, releases first: a
+        `Released` value each, then for each start 1 (recorded: start it), 0
+        (taken from this member) or -1 (unknown to Redis: start it).
+        """
+        enc = self._encode
+        p = enc(self._prefix + "t:")
+        keys: list[bytes] = []
+        args = [enc(self._prefix), enc(self.member), b"%d" % self._ledger, b"%d" % len(releases)]
+        for task_id, token, ending in releases:  # one packed argument each (step.lua)
+            i, t = enc(task_id), enc(token)
+            keys.append(p + i)
+            args.append(b"%d %d %s%s%s" % (len(i), len(t), i, t, enc(ending)))
+        for task_id, token in starts:
+            i = enc(task_id)
+            keys.append(p + i)
+            args.append(b"%d %s%s" % (len(i), i, enc(token)))
+        if self._step_line is not None:
+            return [int(status) for status in self._step_line(keys, args)]
+        return [int(status) for status in self._s_step(keys=keys, args=args)]
 
     def drain(self, task_id: str, *, force: bool) -> DrainReply:
         """Drain a task wherever it is; a holder other than this member is told.
@@ -550,9 +560,14 @@ class GroupStore:
 
     # -- news and introspection ---------------------------------------------------------
 
-    def subscribe(self) -> Subscription:
-        """Listen to the group's wake channel and this member's own."""
-        return Subscription(self._redis, self._wake_channel, self._my_channel)
+    def channels(self) -> tuple[str, str]:
+        """The group's wake channel and this member's own (listener.Subscription)."""
+        return self._wake_channel, self._my_channel
+
+    def hang_up(self) -> None:
+        """Close the connection of the workers' step (the client's own are the caller's)."""
+        if self._step_line is not None:
+            self._step_line.close()
 
     def wake_me(self) -> None:
         """Publish on this member's own channel (wakes its listener at once)."""
@@ -572,27 +587,3 @@ class GroupStore:
                 pipe.zcard(self._prefix + "q:" + _text(name))
             queued = sum(int(n) for n in pipe.execute())
         return GroupInfo(int(live), queued, tuple(sorted(_text(m) for m in members)))
-
-
-class Subscription:
-    """A member's subscription to the group's wake channel and its own."""
-
-    def __init__(self, client: redis.Redis, wake_channel: str, my_channel: str) -> None:
-        self._my_channel = my_channel
-        self._pubsub: Any = cast(Any, client).pubsub(ignore_subscribe_messages=True)
-        try:
-            self._pubsub.subscribe(wake_channel, my_channel)
-        except BaseException:
-            self.close()
-            raise
-
-    def get(self, timeout: float) -> bool | None:
-        """Wait up to `timeout` for news: None if none came, True if it is for this member."""
-        message = self._pubsub.get_message(timeout=timeout)
-        if message is None:
-            return None
-        return _text(message["channel"]) == self._my_channel
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):  # it is going away either way
-            self._pubsub.close()

@@ -23,19 +23,22 @@ end
 local horizon = num(now + tonumber(ARGV[4]))
 local ctl = redis.call('LRANGE', P .. 'ctl:' .. me, 0, tonumber(ARGV[5]) - 1)
 local out = {}
+local taken = {}
 local nxt = -1
 for i = 7, #ARGV - 3 do
   local ex = ARGV[i]
   local q = P .. 'q:' .. ex
   if n > 0 then
     local ids = redis.call('ZRANGEBYSCORE', q, '-inf', horizon, 'LIMIT', 0, n)
+    -- They are the first #ids of the queue: all leave it (those not taken
+    -- below are ghosts: ended, or held already).
+    if #ids > 0 then redis.call('ZREMRANGEBYRANK', q, 0, #ids - 1) end
     for _, id in ipairs(ids) do
-      redis.call('ZREM', q, id)
       local key = P .. 't:' .. id
       local f = redis.call('HMGET', key, 'tok', 'typ', 'due', 'dl', 'd', 'doom', 'own', 'ra', 'ls')
       if f[1] and f[7] == '' then
         redis.call('HSET', key, 'own', me)
-        redis.call('SADD', P .. 'by:' .. me, id)
+        taken[#taken + 1] = id
         local k = #out
         out[k + 1] = id
         out[k + 2] = f[1]
@@ -56,5 +59,9 @@ for i = 7, #ARGV - 3 do
     local s = tonumber(first[2])
     if nxt < 0 or s < nxt then nxt = s end
   end
+end
+-- In parts: unpack() takes a few thousand values at most.
+for i = 1, #taken, 1000 do
+  redis.call('SADD', P .. 'by:' .. me, unpack(taken, i, math.min(i + 999, #taken)))
 end
 return {num(now), num(nxt), ctl, out, behind, run_reply(run)}

@@ -13,7 +13,10 @@ local live = 0
 if limit > 0 then live = redis.call('SCARD', ids) end
 local now = now_us()
 local out = {}
-local seen = {}
+-- Added together at the end: the new ids, those held here, and per
+-- executor name its queue's new (due, id) pairs.
+local added, held, queued = {}, {}, {}
+local new, names = {}, {}
 local wake = false
 for i = 1, #ARGV - 3 do
   local s = ARGV[i + 3]
@@ -38,21 +41,29 @@ for i = 1, #ARGV - 3 do
     -- ra and ls keep the durations it was filled with: reset's defaults.
     redis.call('HSET', key, 'tok', tok, 'own', own, 'typ', typ, 'due', due, 'dl', dl,
                'ex', ex, 'd', string.sub(s, p + li + lt + le), 'ra', delay, 'ls', span)
-    redis.call('SADD', ids, id)
-    if not seen[ex] then
-      redis.call('SADD', P .. 'exs', ex)
-      seen[ex] = true
-    end
+    added[#added + 1], new[id], names[ex] = id, true, true
     if own == '' then
-      local q = P .. 'q:' .. ex
-      redis.call('ZADD', q, due, id)
-      if not wake and redis.call('ZRANK', q, id) == 0 then wake = true end
+      local z = queued[ex]
+      if not z then
+        z = {}
+        queued[ex] = z
+      end
+      z[#z + 1], z[#z + 2] = due, id
     else
-      redis.call('SADD', P .. 'by:' .. own, id)
+      held[#held + 1] = id
     end
     live = live + 1
     out[k + 1], out[k + 2], out[k + 3], out[k + 4] = 1, tok, due, dl
   end
+end
+if #added > 0 then redis.call('SADD', ids, unpack(added)) end
+if #held > 0 then redis.call('SADD', P .. 'by:' .. me, unpack(held)) end
+for ex in pairs(names) do redis.call('SADD', P .. 'exs', ex) end
+for ex, z in pairs(queued) do
+  local q = P .. 'q:' .. ex
+  redis.call('ZADD', q, unpack(z))
+  -- A new task at the head of its queue is news for the members.
+  if not wake and new[redis.call('ZRANGE', q, 0, 0)[1]] then wake = true end
 end
 if wake then redis.call('PUBLISH', P .. 'wake', '') end
 return out

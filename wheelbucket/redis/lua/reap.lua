@@ -26,7 +26,7 @@ for _, m in ipairs(dead) do
       local f = redis.call('HMGET', key, 'tok', 'own', 'ex', 'st', 'doom', 'due')
       if f[1] and f[2] == m then
         if f[4] == '1' or f[5] == '1' then
-          -- Its start was recorded (start.lua): it may have run, so at most once.
+          -- Its start was recorded (step.lua): it may have run, so at most once.
           redis.call('HSET', key, 'own', '', 'doom', '1')
           redis.call('ZADD', P .. 'q:' .. f[3], 0, id)
         else
