@@ -457,9 +457,7 @@ class Pump:
             self._released(rec, status)
 
     def _scan_orphans(self) -> None:
-        """Records Redis says we hold but we do not (a fill broken mid-way): requeue them."""
-        # After a rollback, look again while settling: reconciling may take back
-        # a task that an ending or a refused start takes out of here just after.
+        """Records Redis says we hold but we do not: requeue them (each round while settling)."""
         self._maybe_orphans = self._rollback is not None and self._rollback.settling()
         orphans = self._holdings.orphans(self._store.owned_ids())
         if orphans and self._rollback is not None:  # ended here: deleted, never run again

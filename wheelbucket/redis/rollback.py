@@ -134,7 +134,10 @@ class Rollback:
         self._settle_until = 0.0
 
     def settling(self) -> bool:
-        """Is this member waiting, after a rollback, for the others to reconcile?"""
+        """Is this member waiting, after a rollback, for the others to reconcile?
+
+        Meanwhile it claims nothing, and the pump scans for orphans every round.
+        """
         return self._settle_until > time.monotonic()
 
     def ended(self, task_id: str, token: str) -> None:
