@@ -1017,6 +1017,9 @@ def test_a_process_presumed_dead_but_alive_runs_no_hook_for_what_was_taken(
         os.kill(holder.proc.pid, signal.SIGCONT)
     # Back from the dead: it drops what was taken, cancels the running one, runs no hook.
     wait_for(lambda: r.lrange(f"test:{{{group}}}:cancelled", 0, -1) == [b"run"])
+    # The reaper set its epoch key to expire; back, it keeps it (else, an hour
+    # later, the key gone would look like a rollback).
+    assert r.ttl(f"wb:{{{group}}}:ep:{holder.member}") == -1
     (res,) = stop_workers(r, group, [holder])
     assert res["events"] == []
     assert res["stats"]["revoked"] == 4

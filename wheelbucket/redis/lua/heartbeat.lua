@@ -19,8 +19,13 @@ elseif now - at < G_DEAD then
 end
 local was = redis.call('ZSCORE', KEYS[3], me)
 redis.call('ZADD', KEYS[3], num(now), me)
--- Back after being presumed dead: keep the revocation list the reaper set to expire.
-if not was then redis.call('PERSIST', P .. 'ctl:' .. me) end
+-- Back after being presumed dead: keep the revocation list and the epoch
+-- (KEYS[1]) that the reaper set to expire (an epoch key gone would look
+-- like a rollback).
+if not was then
+  redis.call('PERSIST', P .. 'ctl:' .. me)
+  redis.call('PERSIST', KEYS[1])
+end
 local nonce = redis.call('HGET', P .. 'meta', 'nonce')
 if not nonce then
   nonce = ARGV[3]
