@@ -17,8 +17,7 @@ The record is written before the start, never after, so a start Redis has not
 heard of cannot exist: the one error possible is on the side of at-most-once
 (a task whose start was recorded, whose member died before ``on_execute``
 began, ends EXHAUSTED although it never ran). Starts that come together are
-recorded together: the first worker to arrive sends the starts of every worker
-waiting behind it in one round trip (flat combining, no extra thread).
+recorded together, with the releases of that moment, in one STEP (link.py).
 
 Keys (besides those of store.py): ``st`` in a task's hash (its start was
 recorded), and ``wb:{G}:counts`` (HASH: ``queued``, ``started``: the
@@ -48,7 +47,7 @@ from .epoch import GroupScript
 from .errors import REDIS_FAILED, translating
 from .records import Record
 from .stats import GroupInfo
-from .store import _PRELUDE, GroupStore, _source
+from .store import _PRELUDE, STEP_CHUNK, GroupStore, _source
 
 __all__ = [
     "HandbackStore",
@@ -63,8 +62,6 @@ _E = TypeVar("_E")
 
 logger = logging.getLogger("wheelbucket.redis")
 
-# Starts recorded in one round trip, at most.
-START_BATCH = 128
 # Tasks handed back in one round trip, at most.
 HANDBACK_BATCH = 500
 # The first wait before trying to record a start again after a Redis error;
@@ -107,8 +104,15 @@ class HandbackStore:
         self._step = store.step
 
     def start_many(self, tasks: Sequence[tuple[str, str]]) -> list[int]:
-        """Record that each (id, token) held here starts now: STARTED, TAKEN or UNKNOWN each."""
-        return self._step((), tasks) if tasks else []
+        """Record that each (id, token) held here starts now: STARTED, TAKEN or UNKNOWN each.
+
+        A round trip per STEP_CHUNK of them, as `GroupStore.release_many`.
+        """
+        return [
+            status
+            for i in range(0, len(tasks), STEP_CHUNK)
+            for status in self._step((), tasks[i : i + STEP_CHUNK])
+        ]
 
     def hand_back_many(self, tasks: Sequence[tuple[str, str, int, int]]) -> list[int]:
         """Queue again each (id, token, delay_us, span_us) held here that never started.
@@ -201,8 +205,7 @@ class StartBook:
     def record_again(self, recs: Sequence[Record]) -> None:
         """Redis lost the group and got `recs` back: mark again those that may have started."""
         started = [(r.id, r.token) for r in recs if r.started]
-        for i in range(0, len(started), START_BATCH):
-            self._store.start_many(started[i : i + START_BATCH])
+        self._store.start_many(started)
 
 
 # -- the survivor's side of a task that had started --------------------------------------
